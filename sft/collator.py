@@ -1,0 +1,177 @@
+"""The completion-only collator: the processor runs once on the full sequence, labels are set by position.
+
+Why not TRL's `DataCollatorForVisionLanguageModeling` (TRL 1.16.0, transformers 5.23.0): it runs the processor on
+prompt and completion separately, so Mllama's `cross_attention_mask` covers only the prompt (the first forward
+fails with "size of tensor a (50) must match the size of tensor b (36)") and `MllamaProcessor` puts a
+`<|begin_of_text|>` in front of the completion, which is then supervised. Here every processor tensor comes from one
+call on the whole conversation, so it matches `input_ids` by construction.
+
+The label contract (shared/DESIGN.md): supervised = for each assistant turn, the text the template writes after
+the generation prompt, up to and including the special token that closes the turn; nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import ProcessorMixin
+
+from sft.errors import UserError
+from sft.rows import load_image
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Encoded:
+    """One row after the processor: token ids, labels and the character spans they came from."""
+
+    input_ids: list[int]
+    labels: list[int]
+    text: str
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens before the first supervised one."""
+        return next((i for i, label in enumerate(self.labels) if label != IGNORE_INDEX), len(self.labels))
+
+    @property
+    def supervised_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+class CompletionOnlyCollator:
+    """Builds training batches whose labels supervise the assistant replies and their end-of-turn tokens only."""
+
+    def __init__(self, processing_class, date_string: str | None = None, max_length: int | None = None,
+                 pad_to_multiple_of: int | None = None):
+        self.processing_class = processing_class
+        self.is_processor = isinstance(processing_class, ProcessorMixin)
+        self.tokenizer = processing_class.tokenizer if self.is_processor else processing_class
+        if not self.tokenizer.chat_template and not getattr(processing_class, "chat_template", None):
+            raise UserError("the model's tokenizer has no chat template; a chat model is needed to mask by turn")
+        # Mllama and Idefics3 both name their placeholder `image_token`; a text tokenizer has none.
+        self.image_token = getattr(processing_class, "image_token", None) if self.is_processor else None
+        # Only templates that read `date_string` get it (others would warn about an unused keyword).
+        template = getattr(processing_class, "chat_template", None) or self.tokenizer.chat_template
+        self.date_string = date_string if "date_string" in str(template) else None
+        self.max_length = max_length
+        self.pad_to_multiple_of = pad_to_multiple_of
+        added = {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
+        self.special_tokens = sorted(added | set(self.tokenizer.all_special_tokens), key=len, reverse=True)
+
+    # ---- rendering -------------------------------------------------------------------------------------------
+    def template_messages(self, messages: list[dict], n_images: int) -> list[dict]:
+        """Messages in the form the chat template expects; images go first in the first user turn."""
+        if not self.is_processor:
+            return [{"role": m["role"], "content": m["content"]} for m in messages]
+        out, images_left = [], n_images
+        for m in messages:
+            parts = []
+            if m["role"] == "user" and images_left:
+                parts, images_left = [{"type": "image"}] * images_left, 0
+            out.append({"role": m["role"], "content": parts + [{"type": "text", "text": m["content"]}]})
+        return out
+
+    def render(self, messages: list[dict], n_images: int, add_generation_prompt: bool = False) -> str:
+        kwargs = {"date_string": self.date_string} if self.date_string else {}
+        return self.processing_class.apply_chat_template(
+            self.template_messages(messages, n_images), tokenize=False,
+            add_generation_prompt=add_generation_prompt, **kwargs,
+        )
+
+    def supervised_spans(self, messages: list[dict], n_images: int) -> tuple[str, list[tuple[int, int]]]:
+        """The full text and, per assistant turn, the character span [start, end) that is supervised."""
+        full = self.render(messages, n_images)
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prefix = self.render(messages[:i], n_images, add_generation_prompt=True)
+            through = self.render(messages[: i + 1], n_images)
+            if not (through.startswith(prefix) and full.startswith(through)):
+                raise UserError(f"the chat template renders turn {i + 1} differently once later turns follow; "
+                                "cannot locate the reply by position")
+            turn = through[len(prefix):]
+            reply = message["content"].strip()
+            at = turn.find(reply)
+            if at < 0:
+                raise UserError(f"the chat template does not write assistant turn {i + 1} verbatim")
+            after = turn[at + len(reply):]
+            closing = self._closing_token(after)
+            if closing is None:
+                raise UserError("the chat template closes the assistant turn with no special token "
+                                f"(it writes {after!r}); the model could never learn to stop")
+            # The turn ends with the closing token itself: a newline the template writes after it is not learnt.
+            end = len(prefix) + at + len(reply) + after.index(closing) + len(closing)
+            spans.append((len(prefix), end))
+        return full, spans
+
+    def _closing_token(self, after_reply: str) -> str | None:
+        stripped = after_reply.lstrip()
+        return next((t for t in self.special_tokens if stripped.startswith(t)), None)
+
+    # ---- tokens ----------------------------------------------------------------------------------------------
+    def _process(self, texts: list[str], images: list[list] | None, padding_side: str = "right"):
+        kwargs = dict(add_special_tokens=False, padding=True, padding_side=padding_side, return_tensors="pt",
+                      pad_to_multiple_of=self.pad_to_multiple_of)
+        if self.is_processor:
+            return self.processing_class(text=texts, images=images, **kwargs)
+        return self.tokenizer(texts, **kwargs)
+
+    def _token_index(self, text: str, char: int, ids: list[int], images: list) -> int:
+        """Index in `ids` (the full row's tokens) of the token that starts at character `char` of `text`."""
+        images_before = text[:char].count(self.image_token) if self.image_token else 0
+        if images_before == len(images):  # no image after `char`: count the tail's tokens from the end
+            tail = self.tokenizer(text[char:], add_special_tokens=False)["input_ids"]
+            index, same = len(ids) - len(tail), ids[len(ids) - len(tail):] == tail
+        else:  # an image follows: run the processor on the head, with the images it holds
+            head = self._process([text[:char]], [images[:images_before]] if images_before else None)
+            head_ids = head["input_ids"][0].tolist()
+            index, same = len(head_ids), ids[: len(head_ids)] == head_ids
+        if not same:
+            raise UserError(f"the tokenizer merges tokens across a turn boundary at {text[max(0, char - 20):char]!r}"
+                            "; cannot mask by position")
+        return index
+
+    def labels_for(self, text: str, spans: list[tuple[int, int]], ids: list[int], images: list) -> list[int]:
+        labels = [IGNORE_INDEX] * len(ids)
+        for start, end in spans:
+            first, last = self._token_index(text, start, ids, images), self._token_index(text, end, ids, images)
+            labels[first:last] = ids[first:last]  # the reply and its closing token; all else stays -100
+        return labels
+
+    # ---- public ----------------------------------------------------------------------------------------------
+    def load_images(self, example: dict) -> list:
+        return [load_image(path, example.get("where", "row")) for path in example.get("image_paths") or []]
+
+    def encode(self, example: dict, images: list | None = None) -> Encoded:
+        """One row, unpadded and untruncated (for counting, previews and the length check)."""
+        images = self.load_images(example) if images is None else images
+        text, spans = self.supervised_spans(example["messages"], len(images))
+        ids = self._process([text], [images] if images else None)["input_ids"][0].tolist()
+        return Encoded(ids, self.labels_for(text, spans, ids, images), text)
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        images = [self.load_images(example) for example in examples]
+        rendered = [self.supervised_spans(ex["messages"], len(imgs)) for ex, imgs in zip(examples, images)]
+        texts = [text for text, _ in rendered]
+        batch = self._process(texts, images if any(images) else None)
+        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        for row, ((text, spans), imgs, example) in enumerate(zip(rendered, images, examples)):
+            length = int(batch["attention_mask"][row].sum())  # right padding: the row is the first `length`
+            if self.max_length is not None and length > self.max_length:
+                raise UserError(f"{example.get('where', 'row')}: {length} tokens exceed max_length "
+                                f"{self.max_length}; prepare the dataset with sft.dataset first")
+            ids = batch["input_ids"][row, :length].tolist()
+            labels[row, :length] = torch.tensor(self.labels_for(text, spans, ids, imgs))
+        batch["labels"] = labels
+        return batch
+
+    def generation_inputs(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """Left-padded prompts (every turn before the last reply, plus the generation prompt) for `generate`."""
+        images = [self.load_images(example) for example in examples]
+        texts = [self.render(ex["messages"][:-1], len(imgs), add_generation_prompt=True)
+                 for ex, imgs in zip(examples, images)]
+        return self._process(texts, images if any(images) else None, padding_side="left")

@@ -1,0 +1,141 @@
+"""Datasets for training: rows kept lazily in Arrow, each measured once against `max_length`.
+
+Rows are written to an Arrow file by `datasets` (memory-mapped, never all in RAM) and images stay paths until the
+collator decodes them per batch. One pass renders every row through the collator to count its tokens, so a row
+that does not fit is dropped and counted (or its prompt shortened) before training, never cut mid-answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import Dataset, Features, Sequence, Value
+
+from sft.collator import CompletionOnlyCollator
+from sft.errors import UserError
+from sft.rows import RowError, iter_rows
+
+FEATURES = Features({
+    "where": Value("string"),
+    "row": Value("int64"),
+    "messages": [{"role": Value("string"), "content": Value("string")}],
+    "image_paths": Sequence(Value("string")),
+})
+MAX_ERRORS_SHOWN = 20
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _generate(path: str, image_root: str | None, column_map: dict | None, sha256: str):
+    # `sha256` is unused here; it keys the `datasets` cache so an edited file is read again.
+    for item in iter_rows(path, image_root, column_map):
+        if not isinstance(item, RowError):
+            yield item
+
+
+def read_errors(path: str | Path, image_root: str | None, column_map: dict | None) -> list[RowError]:
+    """Every bad row in the file (one streaming pass)."""
+    return [item for item in iter_rows(path, image_root, column_map) if isinstance(item, RowError)]
+
+
+def raise_on_errors(errors: list[RowError]) -> None:
+    if errors:
+        shown = "\n".join(str(e) for e in errors[:MAX_ERRORS_SHOWN])
+        more = f"\n... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        raise UserError(f"{len(errors)} bad row(s):\n{shown}{more}")
+
+
+def load_rows(path: str | Path, image_root: str | None = None, column_map: dict | None = None) -> Dataset:
+    """All rows of a JSONL file as a lazy Arrow dataset; any bad row stops here, each named by file:line."""
+    raise_on_errors(read_errors(path, image_root, column_map))
+    kwargs = dict(path=str(path), image_root=image_root, column_map=column_map, sha256=sha256_of(path))
+    dataset = Dataset.from_generator(_generate, gen_kwargs=kwargs, features=FEATURES)
+    if len(dataset) == 0:
+        raise UserError(f"{path}: no rows")
+    return dataset
+
+
+# ---- fitting rows into max_length -------------------------------------------------------------------------------
+def _shorten_prompt(collator: CompletionOnlyCollator, example: dict, excess: int) -> dict | None:
+    """The row with its longest user text cut by about `excess` tokens from its end; None if it cannot shrink."""
+    messages = [dict(m) for m in example["messages"]]
+    users = [m for m in messages if m["role"] == "user"]
+    if not users:
+        return None
+    longest = max(users, key=lambda m: len(m["content"]))
+    ids = collator.tokenizer(longest["content"], add_special_tokens=False)["input_ids"]
+    keep = len(ids) - excess
+    if keep <= 0:
+        return None
+    longest["content"] = collator.tokenizer.decode(ids[:keep])
+    return {**example, "messages": messages}
+
+
+def measure(example: dict, collator: CompletionOnlyCollator, max_length: int | None, mode: str) -> dict:
+    """Status (`ok`, `truncated`, `dropped`) and token counts of one row; shortened messages when truncated."""
+    images = collator.load_images(example)
+    encoded = collator.encode(example, images)
+    status = "ok"
+    for _ in range(4):  # token counts shift a little after a cut; a few rounds settle it
+        if max_length is None or len(encoded.input_ids) <= max_length:
+            break
+        shorter = _shorten_prompt(collator, example, len(encoded.input_ids) - max_length) \
+            if mode == "shorten_prompt" else None
+        if shorter is None:
+            status = "dropped"
+            break
+        example, status = shorter, "truncated"
+        encoded = collator.encode(example, images)
+    else:
+        status = "dropped"
+    return {
+        "messages": example["messages"], "status": status, "length": len(encoded.input_ids),
+        "prompt_tokens": encoded.prompt_tokens, "supervised_tokens": encoded.supervised_tokens,
+    }
+
+
+@dataclass
+class FitReport:
+    """How many rows of a split fit `max_length`."""
+
+    name: str
+    counts: Counter
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def dropped_fraction(self) -> float:
+        return self.counts["dropped"] / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        c = self.counts
+        return (f"{self.name}: {self.total} rows, {c['ok']} kept, {c['truncated']} prompt-shortened, "
+                f"{c['dropped']} dropped (too long for max_length)")
+
+
+def fit_to_length(dataset: Dataset, collator: CompletionOnlyCollator, max_length: int | None, mode: str,
+                  name: str, num_proc: int | None = None) -> tuple[Dataset, FitReport]:
+    """Measure every row, drop or shorten the ones that do not fit, and report the counts."""
+    fingerprint = hashlib.sha256(
+        f"{dataset._fingerprint}|{collator.tokenizer.name_or_path}|{max_length}|{mode}|{collator.date_string}"
+        .encode()).hexdigest()[:32]
+    measured = dataset.map(
+        measure, fn_kwargs=dict(collator=collator, max_length=max_length, mode=mode),
+        num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) > 64 else None,
+        new_fingerprint=fingerprint, desc=f"measuring {name} rows",
+    )
+    report = FitReport(name, Counter(measured["status"]))
+    kept = measured.filter(lambda status: status != "dropped", input_columns="status",
+                           new_fingerprint=fingerprint + "-kept")
+    return kept, report

@@ -1,0 +1,46 @@
+"""Greedy generation on rows and exact-match accuracy (the element data's metric)."""
+
+from __future__ import annotations
+
+import torch
+
+from sft.collator import CompletionOnlyCollator
+
+
+def reference(example: dict) -> str:
+    """The row's expected answer: its last assistant reply."""
+    return example["messages"][-1]["content"]
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    """Share of predictions equal to their reference after stripping surrounding whitespace."""
+    if not references:
+        return 0.0
+    return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / len(references)
+
+
+@torch.no_grad()
+def generate_replies(model, collator: CompletionOnlyCollator, examples: list[dict], batch_size: int = 8,
+                     max_new_tokens: int = 32) -> list[str]:
+    """Greedy replies to each row's prompt (every turn before its last reply), images included."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    tokenizer = collator.tokenizer
+    replies = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            inputs = collator.generation_inputs(examples[start:start + batch_size]).to(device)
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+            new_tokens = output[:, inputs["input_ids"].shape[1]:]
+            replies += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        model.train(was_training)
+    return replies
+
+
+def max_reply_tokens(collator: CompletionOnlyCollator, examples: list[dict], slack: int = 8) -> int:
+    """Enough new tokens for the longest reference plus `slack` (a wrong answer may run a little longer)."""
+    lengths = [len(collator.tokenizer(reference(e), add_special_tokens=False)["input_ids"]) for e in examples]
+    return max(lengths, default=0) + slack

@@ -1,0 +1,92 @@
+"""Model loading: the base model (optionally 8-bit or 4-bit through bitsandbytes), its processor, and LoRA."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, prepare_model_for_kbit_training
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+)
+from trl import ModelConfig
+from trl.trainer.utils import get_peft_config
+
+from sft.errors import UserError
+
+# Kept in full precision when the language model is quantized: bitsandbytes' int8 layer fails on the projector's
+# 4-D input on CPU, and quantizing the vision tower and output head costs quality for little memory. Patterns are
+# matched by transformers as a regex from the start of the module name, or as its suffix.
+NOT_QUANTIZED = [".*vision_model", ".*vision_tower", ".*visual", ".*multi_modal_projector", ".*connector", "lm_head"]
+
+
+def is_vision_config(config) -> bool:
+    """Whether the checkpoint is a vision-language model (it has a vision sub-config)."""
+    return getattr(config, "vision_config", None) is not None
+
+
+def quantization_config(model_args: ModelConfig) -> BitsAndBytesConfig | None:
+    """8-bit or 4-bit weights for the language model (BitsAndBytesConfig; `load_in_8bit=` was removed)."""
+    if model_args.load_in_8bit and model_args.load_in_4bit:
+        raise UserError("load_in_8bit and load_in_4bit are both set; choose one")
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=NOT_QUANTIZED)
+    if model_args.load_in_4bit:
+        compute = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else torch.float32
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant, bnb_4bit_compute_dtype=compute,
+            bnb_4bit_quant_storage=model_args.bnb_4bit_quant_storage, llm_int8_skip_modules=NOT_QUANTIZED,
+        )
+    return None
+
+
+def load_config(model_args: ModelConfig, trust_remote_code: bool = False):
+    name = model_args.model_name_or_path
+    if not name:
+        raise UserError("model_name_or_path is required")
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model_name_or_path {name!r}: cannot load its config ({str(exc).splitlines()[0]})") from None
+
+
+def load_processing_class(model_args: ModelConfig, trust_remote_code: bool = False):
+    """The processor of a vision model, the tokenizer of a text model."""
+    config = load_config(model_args, trust_remote_code)
+    loader = AutoProcessor if is_vision_config(config) else AutoTokenizer
+    return loader.from_pretrained(model_args.model_name_or_path, trust_remote_code=trust_remote_code)
+
+
+def _device() -> str:
+    # Quantized weights are placed at load time: each process takes its own GPU (accelerate's local index).
+    if torch.cuda.is_available():
+        from accelerate import PartialState
+
+        return f"cuda:{PartialState().local_process_index}"
+    return "cpu"
+
+
+def load_model(model_args: ModelConfig, gradient_checkpointing: bool = False, trust_remote_code: bool = False):
+    """The base model, quantized when the recipe asks, ready for LoRA (PEFT is applied by SFTTrainer)."""
+    config = load_config(model_args, trust_remote_code)
+    quantization = quantization_config(model_args)
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code,
+                  attn_implementation=model_args.attn_implementation)
+    if quantization is not None:
+        kwargs |= dict(quantization_config=quantization,
+                       device_map={"": _device()})
+    model_class = AutoModelForImageTextToText if is_vision_config(config) else AutoModelForCausalLM
+    model = model_class.from_pretrained(model_args.model_name_or_path, **kwargs)
+    if quantization is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model
+
+
+def lora_config(model_args: ModelConfig) -> LoraConfig | None:
+    """LoRA from the recipe (TRL's ModelConfig keys); None when `use_peft` is off."""
+    return get_peft_config(model_args)

@@ -1,0 +1,194 @@
+"""Recipes: flat YAML read by TRL's own parser into `DataArguments`, `SFTConfig` and `ModelConfig`.
+
+Every key is a documented dataclass field (TRL's, transformers' or ours below); `--key value` on the command line
+overrides the file; an unknown key is an error that names it and its line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from trl import ModelConfig, SFTConfig, TrlParser
+
+from sft.errors import UserError
+
+# q/k/v/o of the language model only: the vision tower and projector have q/k/v/o too, and PEFT matches a string
+# target as a full regex, so they are excluded by name (Mllama: vision_model, multi_modal_projector; Idefics3:
+# vision_model, connector).
+LANGUAGE_MODEL_ATTENTION = r"^(?!.*(vision|visual|connector|projector)).*\.(q_proj|k_proj|v_proj|o_proj)$"
+
+# The toolkit's defaults where they differ from TRL's (a recipe or the command line overrides each).
+TOOLKIT_DEFAULTS = {
+    "use_peft": True,
+    "lora_r": 8,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "lora_target_modules": LANGUAGE_MODEL_ATTENTION,
+    "report_to": "none",
+    "logging_steps": 5,
+    # Our dataset keeps `messages`/`image_paths` for the collator; Trainer would drop them as "unused".
+    "remove_unused_columns": False,
+}
+
+EVAL_DEFAULTS = {"eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
+                 "save_total_limit": 2}
+
+TRUNCATION_MODES = ("drop", "shorten_prompt")
+
+
+@dataclass
+class DataArguments:
+    """The data keys of a recipe (DESIGN.md) and the toolkit's own training switches."""
+
+    train_file: str | None = field(default=None, metadata={"help": "Training rows, JSONL (required)."})
+    eval_file: str | None = field(default=None, metadata={"help": "Evaluation rows, JSONL; evaluated each epoch."})
+    image_root: str | None = field(
+        default=None, metadata={"help": "Folder that relative image paths resolve against (default: the JSONL's)."}
+    )
+    column_map: str | None = field(
+        default=None,
+        metadata={"help": "Rename columns to the standard names, e.g. {completion: target} (YAML map or JSON)."},
+    )
+    truncation: str = field(
+        default="drop",
+        metadata={
+            "help": "A row longer than max_length is 'drop'ped and counted, or its prompt text is shortened "
+            "('shorten_prompt'). A completion or an image is never cut.",
+            "choices": list(TRUNCATION_MODES),
+        },
+    )
+    max_dropped_fraction: float = field(
+        default=0.05, metadata={"help": "Refuse to train when more than this share of rows is dropped."}
+    )
+    early_stopping_patience: int = field(
+        default=3, metadata={"help": "Evaluations without improvement before stopping (needs eval_file; 0 = off)."}
+    )
+    eval_generation: bool = field(
+        default=True, metadata={"help": "Also generate on eval rows and report exact-match `eval_accuracy`."}
+    )
+    date_string: str = field(
+        default="26 Jul 2024",
+        metadata={"help": "Date passed to the chat template (Llama 3.x writes today's date otherwise)."},
+    )
+
+    def __post_init__(self):
+        if isinstance(self.column_map, str):
+            try:
+                self.column_map = json.loads(self.column_map)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"column_map: not a JSON object: {self.column_map!r} ({exc.msg})") from None
+        if self.column_map is not None and not (
+            isinstance(self.column_map, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in self.column_map.items())
+        ):
+            raise UserError(f"column_map must map standard names to your column names, got {self.column_map!r}")
+        if self.truncation not in TRUNCATION_MODES:
+            raise UserError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation!r}")
+        if not 0.0 <= self.max_dropped_fraction <= 1.0:
+            raise UserError(f"max_dropped_fraction must lie in [0, 1], got {self.max_dropped_fraction}")
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: where it came from and its three groups of settings."""
+
+    path: Path | None
+    data: DataArguments
+    training: SFTConfig
+    model: ModelConfig
+
+
+def _parse(parser: TrlParser, overrides: list[str] | None, path: Path | None):
+    try:
+        return parser.parse_args_and_config(args=list(overrides or []), return_remaining_strings=True)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path or 'recipe'}: {exc}") from None
+
+
+def make_parser() -> TrlParser:
+    parser = TrlParser((DataArguments, SFTConfig, ModelConfig))
+    parser.set_defaults_with_config(**TOOLKIT_DEFAULTS)
+    return parser
+
+
+def _line_of(text: str, key: str) -> int:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if re.match(rf"\s*{re.escape(key)}\s*:", line):
+            return number
+    return 1
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _cpu_only(config: dict, notices: list[str]) -> None:
+    """Without a GPU a recipe still runs: mixed precision off, weights in fp32."""
+    switched = [key for key in ("bf16", "fp16") if config.get(key)]
+    config["bf16"], config["fp16"] = False, False
+    if config.get("dtype") in ("bfloat16", "float16"):
+        switched.append(f"dtype {config['dtype']}")
+        config["dtype"] = "float32"
+    notices.append("no GPU found: training on CPU in fp32" + (f" ({', '.join(switched)} off)" if switched else ""))
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cuda: bool | None = None) -> Recipe:
+    """Parse `path` (YAML) with command-line style `overrides` (`--key value`) into a Recipe."""
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    parser = make_parser()
+    known = {action.dest for action in parser._actions}
+    config: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: recipe not found")
+        text = path.read_text(encoding="utf-8")
+        try:
+            config = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(config, dict):
+            raise UserError(f"{path}:1: a recipe is a YAML mapping of keys to values")
+        for key in config:
+            if key not in known:
+                raise UserError(f"{path}:{_line_of(text, key)}: unknown key {key!r}{_did_you_mean(key, known)}")
+    notices: list[str] = []
+    if not cuda:
+        _cpu_only(config, notices)
+    parser.set_defaults_with_config(**config)
+    data, training, model, extra = _parse(parser, overrides, path)
+    if data.eval_file and "eval_strategy" not in config and training.eval_strategy == "no":
+        # An eval file means: evaluate and checkpoint each epoch, keep the best (what early stopping needs).
+        parser.set_defaults_with_config(**EVAL_DEFAULTS)
+        data, training, model, extra = _parse(parser, overrides, path)
+    for item in extra:
+        if item.startswith("--"):
+            raise UserError(f"unknown option {item}{_did_you_mean(item[2:], known)}")
+    if extra:
+        raise UserError(f"unexpected arguments: {' '.join(extra)}")
+    if data.train_file is None:
+        raise UserError(f"{path or 'recipe'}: train_file is required")
+    if not cuda and (training.bf16 or training.fp16):
+        raise UserError("bf16/fp16 need a GPU; none was found")
+    if training.output_dir in (None, "trainer_output"):
+        training.output_dir = str(Path("outputs") / (path.stem if path else "run"))
+    for notice in notices:
+        print(f"notice: {notice}", file=sys.stderr)
+    return Recipe(path=path, data=data, training=training, model=model)
+
+
+def data_path(recipe: Recipe, name: str) -> Path | None:
+    """A data file named in the recipe, resolved against the working directory."""
+    value = getattr(recipe.data, name)
+    return None if value is None else Path(value)

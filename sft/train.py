@@ -1,0 +1,97 @@
+"""`sft train RECIPE`: one linear main() — recipe, seed, processor, data, model, trainer, train, save."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from transformers import EarlyStoppingCallback, set_seed
+
+from sft.collator import CompletionOnlyCollator
+from sft.dataset import FitReport, fit_to_length, load_rows
+from sft.errors import UserError
+from sft.model import load_model, load_processing_class, lora_config
+from sft.recipe import Recipe
+from sft.run_outputs import losses, plot_loss, write_manifest
+from sft.trainer import GenerationAccuracySFTTrainer
+
+
+def log(message: str) -> None:
+    print(f"[sft] {message}", file=sys.stderr, flush=True)
+
+
+def prepare_split(recipe: Recipe, collator: CompletionOnlyCollator, name: str, file: str):
+    """Rows of one file, measured against max_length; prints the kept/dropped/truncated counts."""
+    rows = load_rows(file, recipe.data.image_root, recipe.data.column_map)
+    kept, report = fit_to_length(rows, collator, recipe.training.max_length, recipe.data.truncation, name,
+                                 num_proc=recipe.training.dataset_num_proc)
+    log(str(report))
+    return kept, report
+
+
+def check_fit(report: FitReport, kept_rows: int, limit: float) -> None:
+    """Refuse to train on data that mostly does not fit, or that supervises nothing."""
+    if kept_rows == 0:
+        raise UserError(f"{report.name}: no row fits max_length; nothing would be supervised")
+    if report.dropped_fraction > limit:
+        raise UserError(f"{report.name}: {report.counts['dropped']} of {report.total} rows "
+                        f"({report.dropped_fraction:.1%}) do not fit max_length, more than max_dropped_fraction "
+                        f"{limit:.0%}; raise max_length, set truncation: shorten_prompt, or clean the data")
+
+
+def main(recipe: Recipe) -> dict:
+    data, args, model_args = recipe.data, recipe.training, recipe.model
+
+    # ---- seed ------------------------------------------------------------------------------------------------
+    set_seed(args.seed)
+
+    # ---- processor and collator ------------------------------------------------------------------------------
+    processing_class = load_processing_class(model_args, args.trust_remote_code)
+    collator = CompletionOnlyCollator(processing_class, date_string=data.date_string, max_length=args.max_length,
+                                      pad_to_multiple_of=args.pad_to_multiple_of)
+
+    # ---- data: validated, measured, counted before any weights load ----------------------------------------
+    train_rows, train_report = prepare_split(recipe, collator, "train", data.train_file)
+    check_fit(train_report, len(train_rows), data.max_dropped_fraction)
+    reports, eval_rows = [train_report], None
+    if data.eval_file:
+        eval_rows, eval_report = prepare_split(recipe, collator, "eval", data.eval_file)
+        check_fit(eval_report, len(eval_rows), data.max_dropped_fraction)
+        reports.append(eval_report)
+
+    # ---- model -------------------------------------------------------------------------------------------------
+    model = load_model(model_args, args.gradient_checkpointing, args.trust_remote_code)
+
+    # ---- trainer -----------------------------------------------------------------------------------------------
+    # The collator builds input_ids and labels itself, so TRL must not tokenize the rows again.
+    args.dataset_kwargs = {"skip_prepare_dataset": True}
+    callbacks = []
+    if eval_rows is not None and data.early_stopping_patience > 0 and args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=data.early_stopping_patience))
+    trainer = GenerationAccuracySFTTrainer(
+        model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows, data_collator=collator,
+        processing_class=processing_class, peft_config=lora_config(model_args), callbacks=callbacks,
+        generation_rows=list(eval_rows) if eval_rows is not None and data.eval_generation else None,
+    )
+
+    # ---- train -------------------------------------------------------------------------------------------------
+    resume = args.resume_from_checkpoint
+    resume = True if str(resume).lower() == "true" else resume
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    # ---- evaluate and save -----------------------------------------------------------------------------------
+    metrics = dict(result.metrics)
+    if eval_rows is not None:
+        metrics |= trainer.evaluate()
+    out = Path(args.output_dir)
+    trainer.save_model(str(out))
+    processing_class.save_pretrained(str(out))
+    trainer.save_state()
+    first, last = losses(trainer.state.log_history)
+    metrics |= {"first_loss": first, "last_loss": last}
+    write_manifest(recipe, out, reports, metrics)
+    plot_loss(trainer.state.log_history, out / "loss_curve.png")
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                        if k in ("first_loss", "last_loss", "eval_loss", "eval_accuracy") and v is not None)
+    log(f"done: {summary}; wrote {out}")
+    return metrics

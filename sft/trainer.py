@@ -1,0 +1,33 @@
+"""TRL's SFTTrainer plus one thing it lacks for this data: generation-based exact-match accuracy at eval time."""
+
+from __future__ import annotations
+
+from trl import SFTTrainer
+
+from sft.generation import exact_match, generate_replies, max_reply_tokens, reference
+
+
+class GenerationAccuracySFTTrainer(SFTTrainer):
+    """Adds `eval_accuracy` (greedy generation vs. the reference reply) to every evaluation's metrics.
+
+    It is added inside `evaluation_loop`, before Trainer logs the metrics and hands them to the callbacks, so
+    `metric_for_best_model: accuracy` and EarlyStoppingCallback can use it like any other metric.
+    """
+
+    def __init__(self, *args, generation_rows: list[dict] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generation_rows = generation_rows
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        if self.generation_rows:
+            collator = self.data_collator
+            model = self.accelerator.unwrap_model(self.model)
+            replies = generate_replies(model, collator, self.generation_rows,
+                                       batch_size=self.args.per_device_eval_batch_size,
+                                       max_new_tokens=max_reply_tokens(collator, self.generation_rows))
+            output.metrics[f"{metric_key_prefix}_accuracy"] = exact_match(
+                replies, [reference(row) for row in self.generation_rows])
+        return output
