@@ -133,6 +133,7 @@ def _cpu_only(config: dict, notices: list[str]) -> None:
     """Without a GPU a recipe still runs: mixed precision off, weights in fp32."""
     switched = [key for key in ("bf16", "fp16") if config.get(key)]
     config["bf16"], config["fp16"] = False, False
+    config.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator
     if config.get("dtype") in ("bfloat16", "float16"):
         switched.append(f"dtype {config['dtype']}")
         config["dtype"] = "float32"

@@ -1,0 +1,46 @@
+# The front door. Every target that needs Python builds .venv first (a fresh clone needs no other step).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SFT    := $(PY) -m sft.cli
+# Without a GPU, the CPU build of torch is installed first (the open range in pyproject.toml would pull CUDA).
+TORCH_CPU ?= torch==2.13.0
+RECIPE ?= recipes/smoke.yaml
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help smoke train check-data preview test lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then echo "no GPU: installing $(TORCH_CPU) (CPU)"; \
+		$(PY) -m pip install -q "$(TORCH_CPU)"; fi
+	$(PY) -m pip install -q -e ".[dev,deepspeed]"
+	touch $@
+
+venv: $(VENV)/.installed  ## build the virtual environment
+
+smoke: $(VENV)/.installed  ## whole pipeline on a tiny 8-bit Mllama: train, eval, thresholds (minutes, any machine)
+	$(PY) scripts/smoke.py
+
+train: $(VENV)/.installed  ## train: make train RECIPE=recipes/x.yaml ARGS="--learning_rate 1e-4"
+	$(SFT) train $(RECIPE) $(ARGS)
+
+check-data: $(VENV)/.installed  ## validate every data row of RECIPE (file:line for each problem)
+	$(SFT) check $(RECIPE) $(ARGS)
+
+preview: $(VENV)/.installed  ## show the supervised tokens of the first rows of RECIPE (LIMIT=5, JSON=1)
+	$(SFT) preview $(RECIPE) --limit $(or $(LIMIT),5) $(if $(JSON),--json) $(ARGS)
+
+test: $(VENV)/.installed  ## the test suite (what CI runs)
+	$(PY) -m pytest -q tests
+
+lint: $(VENV)/.installed  ## ruff
+	$(PY) -m ruff check sft scripts tests
+
+clean:  ## remove the smoke artefacts and outputs (not the venv)
+	rm -rf .smoke outputs

@@ -1,0 +1,104 @@
+"""`sft check` and `sft preview`: what every row becomes before any weights load."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+
+from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
+from sft.dataset import measure
+from sft.errors import UserError
+from sft.recipe import Recipe
+from sft.rows import RowError, iter_rows
+
+GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
+
+
+def inspect_file(recipe: Recipe, collator: CompletionOnlyCollator, file: str,
+                 limit: int | None = None) -> Iterator[tuple[dict, dict] | RowError]:
+    """Each row of `file` measured and encoded as training will see it, or the error that stops it."""
+    seen = 0
+    for item in iter_rows(file, recipe.data.image_root, recipe.data.column_map):
+        if limit is not None and seen >= limit:
+            return
+        seen += 1
+        if isinstance(item, RowError):
+            yield item
+            continue
+        try:
+            fit = measure(item, collator, recipe.training.max_length, recipe.data.truncation)
+            encoded = collator.encode({**item, "messages": fit["messages"]})
+        except UserError as exc:
+            message = str(exc)
+            prefix = f"{item['where']}: "
+            yield RowError(item["where"], message[len(prefix):] if message.startswith(prefix) else message)
+            continue
+        yield item, {"fit": fit, "encoded": encoded}
+
+
+def _files(recipe: Recipe) -> list[tuple[str, str]]:
+    files = [("train", recipe.data.train_file)]
+    return files + ([("eval", recipe.data.eval_file)] if recipe.data.eval_file else [])
+
+
+def check(recipe: Recipe, collator: CompletionOnlyCollator) -> int:
+    """Validate every row of every data file; print each problem and a summary. Returns the exit code."""
+    failed = False
+    for name, file in _files(recipe):
+        counts, errors, supervised = Counter(), 0, 0
+        for result in inspect_file(recipe, collator, file):
+            if isinstance(result, RowError):
+                print(result, file=sys.stderr)
+                errors += 1
+                continue
+            counts[result[1]["fit"]["status"]] += 1
+            supervised += result[1]["fit"]["supervised_tokens"]
+        total = sum(counts.values()) + errors
+        print(f"{name} {file}: {total} rows, {counts['ok']} ok, {counts['truncated']} prompt-shortened, "
+              f"{counts['dropped']} dropped (too long for max_length {recipe.training.max_length}), "
+              f"{errors} bad; {supervised} supervised tokens")
+        dropped_share = counts["dropped"] / total if total else 0.0
+        if errors or total == 0 or dropped_share > recipe.data.max_dropped_fraction:
+            failed = True
+    return 1 if failed else 0
+
+
+def _coloured(collator: CompletionOnlyCollator, ids: list[int], labels: list[int]) -> str:
+    pieces = []
+    for token, label in zip(ids, labels):
+        text = collator.tokenizer.decode([token])
+        pieces.append(f"{GREEN}{text}{RESET}" if label != IGNORE_INDEX else f"{DIM}{text}{RESET}")
+    return "".join(pieces)
+
+
+def preview(recipe: Recipe, collator: CompletionOnlyCollator, limit: int, as_json: bool, split: str = "train",
+            colour: bool | None = None) -> int:
+    """Show which tokens each row supervises: coloured text on a terminal, JSON lines with `as_json`."""
+    file = dict(_files(recipe)).get(split)
+    if file is None:
+        raise UserError(f"the recipe has no {split} file")
+    colour = sys.stdout.isatty() if colour is None else colour
+    bad = 0
+    for result in inspect_file(recipe, collator, file, limit):
+        if isinstance(result, RowError):
+            print(result, file=sys.stderr)
+            bad += 1
+            continue
+        row, info = result
+        encoded, fit = info["encoded"], info["fit"]
+        supervised_ids = [i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+        record = {"row": row["row"], "status": fit["status"], "prompt_tokens": encoded.prompt_tokens,
+                  "supervised_tokens": encoded.supervised_tokens,
+                  "supervised_text": collator.tokenizer.decode(supervised_ids, skip_special_tokens=False)}
+        if as_json:
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(f"--- {row['where']} [{record['status']}] prompt {record['prompt_tokens']} tokens, "
+                  f"supervised {record['supervised_tokens']}")
+            if colour:
+                print(_coloured(collator, encoded.input_ids, encoded.labels))
+            else:
+                print(f"supervised: {record['supervised_text']!r}")
+    return 1 if bad else 0

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random models (built once per session, offline) and small data files."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sft.tiny import build_tiny
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+warnings.filterwarnings("ignore", message="MatMul8bitLt")
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_PROCESSORS = REPO.parent / "shared" / "fixtures" / "real-processors"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {family: build_tiny(family, root / family) for family in ("llama", "mllama", "idefics3")}
+
+
+def write_image(path: Path, colour=(40, 90, 220), size=(30, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.zeros((*size, 3), dtype=np.uint8) + np.array(colour, dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """Rows as JSONL; a str item is written verbatim (for malformed lines)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
+    return path
+
+
+def write_recipe(path: Path, **keys) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(keys, sort_keys=False), encoding="utf-8")
+    return path
