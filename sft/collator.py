@@ -12,8 +12,10 @@ the generation prompt, up to and including the special token that closes the tur
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import jinja2
 import torch
 from transformers import ProcessorMixin
 
@@ -39,6 +41,18 @@ class Encoded:
     @property
     def supervised_tokens(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+@contextmanager
+def located(example: dict):
+    """Prefix a UserError raised for this row with its `file:line`."""
+    try:
+        yield
+    except UserError as exc:
+        where = example.get("where", "row")
+        if str(exc).startswith(f"{where}: "):
+            raise
+        raise UserError(f"{where}: {exc}") from None
 
 
 class CompletionOnlyCollator:
@@ -76,10 +90,13 @@ class CompletionOnlyCollator:
 
     def render(self, messages: list[dict], n_images: int, add_generation_prompt: bool = False) -> str:
         kwargs = {"date_string": self.date_string} if self.date_string else {}
-        return self.processing_class.apply_chat_template(
-            self.template_messages(messages, n_images), tokenize=False,
-            add_generation_prompt=add_generation_prompt, **kwargs,
-        )
+        try:
+            return self.processing_class.apply_chat_template(
+                self.template_messages(messages, n_images), tokenize=False,
+                add_generation_prompt=add_generation_prompt, **kwargs,
+            )
+        except jinja2.TemplateError as exc:  # e.g. Llama 3.2 Vision: "images are incompatible with system messages"
+            raise UserError(f"the chat template refuses this row: {exc}") from None
 
     def supervised_spans(self, messages: list[dict], n_images: int) -> tuple[str, list[tuple[int, int]]]:
         """The full text and, per assistant turn, the character span [start, end) that is supervised."""
@@ -149,23 +166,28 @@ class CompletionOnlyCollator:
     def encode(self, example: dict, images: list | None = None) -> Encoded:
         """One row, unpadded and untruncated (for counting, previews and the length check)."""
         images = self.load_images(example) if images is None else images
-        text, spans = self.supervised_spans(example["messages"], len(images))
-        ids = self._process([text], [images] if images else None)["input_ids"][0].tolist()
-        return Encoded(ids, self.labels_for(text, spans, ids, images), text)
+        with located(example):
+            text, spans = self.supervised_spans(example["messages"], len(images))
+            ids = self._process([text], [images] if images else None)["input_ids"][0].tolist()
+            return Encoded(ids, self.labels_for(text, spans, ids, images), text)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         images = [self.load_images(example) for example in examples]
-        rendered = [self.supervised_spans(ex["messages"], len(imgs)) for ex, imgs in zip(examples, images)]
+        rendered = []
+        for example, imgs in zip(examples, images):
+            with located(example):
+                rendered.append(self.supervised_spans(example["messages"], len(imgs)))
         texts = [text for text, _ in rendered]
         batch = self._process(texts, images if any(images) else None)
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
         for row, ((text, spans), imgs, example) in enumerate(zip(rendered, images, examples)):
             length = int(batch["attention_mask"][row].sum())  # right padding: the row is the first `length`
-            if self.max_length is not None and length > self.max_length:
-                raise UserError(f"{example.get('where', 'row')}: {length} tokens exceed max_length "
-                                f"{self.max_length}; prepare the dataset with sft.dataset first")
-            ids = batch["input_ids"][row, :length].tolist()
-            labels[row, :length] = torch.tensor(self.labels_for(text, spans, ids, imgs))
+            with located(example):
+                if self.max_length is not None and length > self.max_length:
+                    raise UserError(f"{length} tokens exceed max_length {self.max_length}; rows must pass "
+                                    "sft.dataset.fit_to_length first")
+                ids = batch["input_ids"][row, :length].tolist()
+                labels[row, :length] = torch.tensor(self.labels_for(text, spans, ids, imgs))
         batch["labels"] = labels
         return batch
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from peft import LoraConfig, prepare_model_for_kbit_training
 from transformers import (
@@ -48,6 +50,8 @@ def load_config(model_args: ModelConfig, trust_remote_code: bool = False):
     name = model_args.model_name_or_path
     if not name:
         raise UserError("model_name_or_path is required")
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise UserError(f"model_name_or_path {name!r}: no such folder")
     try:
         return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +101,7 @@ class Recipe:
     data: DataArguments
     training: SFTConfig
     model: ModelConfig
+    notices: list[str] = field(default_factory=list)  # printed when training starts
 
 
 def _parse(parser: TrlParser, overrides: list[str] | None, path: Path | None):
@@ -112,7 +112,7 @@ def _parse(parser: TrlParser, overrides: list[str] | None, path: Path | None):
 
 
 def make_parser() -> TrlParser:
-    parser = TrlParser((DataArguments, SFTConfig, ModelConfig))
+    parser = TrlParser((DataArguments, SFTConfig, ModelConfig), allow_abbrev=False)  # no silent prefixes
     parser.set_defaults_with_config(**TOOLKIT_DEFAULTS)
     return parser
 
@@ -184,9 +184,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
         raise UserError("bf16/fp16 need a GPU; none was found")
     if training.output_dir in (None, "trainer_output"):
         training.output_dir = str(Path("outputs") / (path.stem if path else "run"))
-    for notice in notices:
-        print(f"notice: {notice}", file=sys.stderr)
-    return Recipe(path=path, data=data, training=training, model=model)
+    return Recipe(path=path, data=data, training=training, model=model, notices=notices)
 
 
 def data_path(recipe: Recipe, name: str) -> Path | None:

@@ -41,6 +41,8 @@ def check_fit(report: FitReport, kept_rows: int, limit: float) -> None:
 
 def main(recipe: Recipe) -> dict:
     data, args, model_args = recipe.data, recipe.training, recipe.model
+    for notice in recipe.notices:
+        log(f"notice: {notice}")
 
     # ---- seed ------------------------------------------------------------------------------------------------
     set_seed(args.seed)
