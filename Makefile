@@ -9,7 +9,7 @@ RECIPE ?= recipes/smoke.yaml
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help smoke train check-data preview test lint clean
+.PHONY: help venv smoke train check-data preview test lint clean export-adapter merge predict
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -44,3 +44,12 @@ lint: $(VENV)/.installed  ## ruff
 
 clean:  ## remove the smoke artefacts and outputs (not the venv)
 	rm -rf .smoke outputs
+
+export-adapter: $(VENV)/.installed  ## adapter of the latest run (or RUN=), ready to ship, into OUT= (default exports/)
+	$(SFT) export-adapter $(if $(RUN),--run $(RUN)) $(if $(OUT),--out $(OUT)) $(if $(STATE_DICT),--state-dict) $(if $(FORCE),--force)
+
+merge: $(VENV)/.installed  ## adapter merged into an unquantized base: RUN= OUT= DTYPE=bf16|fp16|fp32
+	$(SFT) merge $(if $(RUN),--run $(RUN)) $(if $(OUT),--out $(OUT)) --dtype $(or $(DTYPE),bf16) $(if $(FORCE),--force)
+
+predict: $(VENV)/.installed  ## greedy predictions: MODEL= (run or merged; default latest run) DATA= OUT=
+	$(SFT) predict $(MODEL) $(DATA) $(if $(OUT),--out $(OUT))

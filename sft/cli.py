@@ -1,4 +1,4 @@
-"""The `sft` command: train, check, preview, tiny. Bad input ends in one line per problem, never a traceback."""
+"""The `sft` command: train, check, preview, tiny, export-adapter, merge, predict. Bad input ends in one line per problem, never a traceback."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
 USAGE_EXAMPLES = """examples:
   sft train recipes/smoke.yaml --learning_rate 1e-3
@@ -63,10 +64,63 @@ def cmd_preview(args, overrides) -> int:
 def cmd_tiny(args, overrides) -> int:
     from sft.tiny import build_tiny
 
-    if overrides:
-        raise SystemExit(f"sft tiny: unexpected arguments {' '.join(overrides)}")
+    _no_overrides("tiny", overrides)
     print(build_tiny(args.family, args.out, seed=args.seed))
     return 0
+
+
+def _run_dir(run: str | None) -> str:
+    from sft.artifacts import latest_run
+
+    return run or str(latest_run())
+
+
+def cmd_export_adapter(args, overrides) -> int:
+    from sft.export import export_adapter
+
+    _no_overrides("export-adapter", overrides)
+    run = _run_dir(args.run)
+    out = args.out or str(Path("exports") / f"{Path(run).name}-adapter")
+    print(f"exported {run} -> {export_adapter(run, out, force=args.force, state_dict=args.state_dict)}")
+    return 0
+
+
+def cmd_merge(args, overrides) -> int:
+    from sft.export import merge
+
+    _no_overrides("merge", overrides)
+    run = _run_dir(args.run)
+    out = args.out or str(Path("exports") / f"{Path(run).name}-merged-{args.dtype}")
+    print(f"merged {run} into its {args.dtype} base -> {merge(run, out, dtype=args.dtype, force=args.force)}")
+    return 0
+
+
+def cmd_predict(args, overrides) -> int:
+    import json
+
+    from sft.predict import default_data, predict
+
+    _no_overrides("predict", overrides)
+    model = _run_dir(args.model)
+    data, image_root, column_map = (args.data, args.image_root, None) if args.data else default_data(model)
+    if args.column_map:
+        column_map = json.loads(args.column_map)
+    out = args.out or str(Path("predictions") / f"{Path(model).name}.jsonl")
+    result = predict(model, data, out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                     image_root=args.image_root or image_root, column_map=column_map)
+    where = f" of {data}, wrote {out}"
+    if result["accuracy"] is None:
+        print(f"predicted {result['rows']} rows (none has a reference){where}")
+    else:
+        print(f"exact-match accuracy {result['accuracy']:.4f} on {result['scored']} rows{where}")
+    return 0
+
+
+def _no_overrides(command: str, overrides: list[str]) -> None:
+    from sft.errors import UserError
+
+    if overrides:
+        raise UserError(f"sft {command}: unexpected arguments {' '.join(overrides)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,25 +131,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train with a recipe", epilog=overrides_help)
     train.add_argument("recipe")
-    train.set_defaults(run=cmd_train)
+    train.set_defaults(run_command=cmd_train)
 
     check = commands.add_parser("check", help="validate every data row of a recipe; non-zero exit on bad data",
                                 epilog=overrides_help)
     check.add_argument("recipe")
-    check.set_defaults(run=cmd_check)
+    check.set_defaults(run_command=cmd_check)
 
     preview = commands.add_parser("preview", help="show which tokens each row supervises", epilog=overrides_help)
     preview.add_argument("recipe")
     preview.add_argument("--limit", type=int, default=5, help="rows to show (default 5)")
     preview.add_argument("--json", action="store_true", help="one JSON object per row")
     preview.add_argument("--split", choices=("train", "eval"), default="train")
-    preview.set_defaults(run=cmd_preview)
+    preview.set_defaults(run_command=cmd_preview)
 
     tiny = commands.add_parser("tiny", help="build a tiny random model with a real processor, offline")
     tiny.add_argument("family", choices=("llama", "mllama", "idefics3"))
     tiny.add_argument("out")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.set_defaults(run=cmd_tiny)
+    tiny.set_defaults(run_command=cmd_tiny)
+
+    export = commands.add_parser("export-adapter", help="adapter + processor + manifest + model card, ready to ship")
+    export.add_argument("--run", help="run dir (default: the most recent under outputs/)")
+    export.add_argument("--out", help="target folder (default: exports/<run>-adapter)")
+    export.add_argument("--state-dict", action="store_true", help="also write the bare LoRA state dict")
+    export.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    export.set_defaults(run_command=cmd_export_adapter)
+
+    merge = commands.add_parser("merge", help="merge the adapter into an unquantized copy of its base")
+    merge.add_argument("--run", help="run dir (default: the most recent under outputs/)")
+    merge.add_argument("--out", help="target folder (default: exports/<run>-merged-<dtype>)")
+    merge.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    merge.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    merge.set_defaults(run_command=cmd_merge)
+
+    predict = commands.add_parser("predict", help="greedy replies per row; exact-match accuracy when rows have them")
+    predict.add_argument("model", nargs="?", help="a run dir or a merged model folder (default: latest run)")
+    predict.add_argument("data", nargs="?", help="JSONL rows, replies optional (default: the run's eval_file)")
+    predict.add_argument("--out", help="predictions JSONL (default: predictions/<model>.jsonl)")
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--max-new-tokens", type=int)
+    predict.add_argument("--image-root")
+    predict.add_argument("--column-map", help='JSON, e.g. {"completion": "target"}')
+    predict.set_defaults(run_command=cmd_predict)
     return parser
 
 
@@ -105,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     from sft.errors import UserError
 
     try:
-        return args.run(args, overrides)
+        return args.run_command(args, overrides)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -43,6 +43,12 @@ class Encoded:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
+def prompt_messages(example: dict) -> list[dict]:
+    """What the model answers: every message before the final reply (all of them when there is none)."""
+    messages = example["messages"]
+    return messages[:-1] if messages[-1]["role"] == "assistant" else messages
+
+
 @contextmanager
 def located(example: dict):
     """Prefix a UserError raised for this row with its `file:line`."""
@@ -194,6 +200,8 @@ class CompletionOnlyCollator:
     def generation_inputs(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Left-padded prompts (every turn before the last reply, plus the generation prompt) for `generate`."""
         images = [self.load_images(example) for example in examples]
-        texts = [self.render(ex["messages"][:-1], len(imgs), add_generation_prompt=True)
-                 for ex, imgs in zip(examples, images)]
+        texts = []
+        for example, imgs in zip(examples, images):
+            with located(example):
+                texts.append(self.render(prompt_messages(example), len(imgs), add_generation_prompt=True))
         return self._process(texts, images if any(images) else None, padding_side="left")

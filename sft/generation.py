@@ -7,9 +7,10 @@ import torch
 from sft.collator import CompletionOnlyCollator
 
 
-def reference(example: dict) -> str:
-    """The row's expected answer: its last assistant reply."""
-    return example["messages"][-1]["content"]
+def reference(example: dict) -> str | None:
+    """The row's expected answer: its final assistant reply (None when the row has none)."""
+    last = example["messages"][-1]
+    return last["content"] if last["role"] == "assistant" else None
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
@@ -42,5 +43,6 @@ def generate_replies(model, collator: CompletionOnlyCollator, examples: list[dic
 
 def max_reply_tokens(collator: CompletionOnlyCollator, examples: list[dict], slack: int = 8) -> int:
     """Enough new tokens for the longest reference plus `slack` (a wrong answer may run a little longer)."""
-    lengths = [len(collator.tokenizer(reference(e), add_special_tokens=False)["input_ids"]) for e in examples]
+    lengths = [len(collator.tokenizer(reference(e), add_special_tokens=False)["input_ids"])
+               for e in examples if reference(e) is not None]
     return max(lengths, default=0) + slack

@@ -43,8 +43,9 @@ def _string(row: dict, key: str, name: str, required: bool = True, empty_ok: boo
     return value
 
 
-def _messages(row: dict, names: dict[str, str]) -> list[dict]:
-    """The row as chat messages; raises ValueError with a short reason."""
+def _messages(row: dict, names: dict[str, str], require_reply: bool = True) -> list[dict]:
+    """The row as chat messages; raises ValueError with a short reason. Without `require_reply` (prediction) the
+    reply may be absent and the messages then end with the user's turn."""
     system = _string(row, "system", names["system"], required=False, empty_ok=True)
     head = [{"role": "system", "content": system}] if system else []
     if "messages" in row:
@@ -58,19 +59,21 @@ def _messages(row: dict, names: dict[str, str]) -> list[dict]:
             is_reply = message["role"] == "assistant"
             content = _string(message, "content", f"message {number} content", empty_ok=not is_reply)
             out.append({"role": message["role"], "content": content})
-        if out[-1]["role"] != "assistant":
+        if require_reply and out[-1]["role"] != "assistant":
             raise ValueError("the last message must be the assistant's reply (it is what gets supervised)")
         return head + out
     if "prompt" in row or "completion" in row:
-        prompt = _string(row, "prompt", names["prompt"], empty_ok=True)
-        completion = _string(row, "completion", names["completion"])
-        return head + [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        prompt = [{"role": "user", "content": _string(row, "prompt", names["prompt"], empty_ok=True)}]
+        if not require_reply and "completion" not in row:
+            return head + prompt
+        return head + prompt + [{"role": "assistant", "content": _string(row, "completion", names["completion"])}]
     if "instruction" in row or "output" in row:
         instruction = _string(row, "instruction", names["instruction"])
         extra = _string(row, "input", names["input"], required=False, empty_ok=True)
-        output = _string(row, "output", names["output"])
-        user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        return head + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+        user = [{"role": "user", "content": f"{instruction}\n\n{extra}" if extra.strip() else instruction}]
+        if not require_reply and "output" not in row:
+            return head + user
+        return head + user + [{"role": "assistant", "content": _string(row, "output", names["output"])}]
     keys = ", ".join(sorted(row)) or "none"
     raise ValueError(f"no known row shape (instruction/output, prompt/completion or messages); keys: {keys}")
 
@@ -96,8 +99,8 @@ def _image_paths(row: dict, root: Path, names: dict[str, str]) -> list[str]:
     return paths
 
 
-def iter_rows(path: str | Path, image_root: str | Path | None = None,
-              column_map: dict[str, str] | None = None) -> Iterator[dict | RowError]:
+def iter_rows(path: str | Path, image_root: str | Path | None = None, column_map: dict[str, str] | None = None,
+              require_reply: bool = True) -> Iterator[dict | RowError]:
     """Yield each row as `{where, row, messages, image_paths}` or, for a bad one, a RowError."""
     path = Path(path)
     if not path.is_file():
@@ -128,7 +131,7 @@ def iter_rows(path: str | Path, image_root: str | Path | None = None,
                 if theirs in row:
                     row[standard] = row.pop(theirs)
             try:
-                yield {"where": where, "row": number, "messages": _messages(row, names),
+                yield {"where": where, "row": number, "messages": _messages(row, names, require_reply),
                        "image_paths": _image_paths(row, root, names)}
             except ValueError as exc:
                 yield RowError(where, str(exc))

@@ -44,13 +44,16 @@ def _plain(value):
     return str(getattr(value, "value", value))
 
 
-def write_manifest(recipe, output_dir: str | Path, fit_reports: list, metrics: dict) -> Path:
-    """`run_manifest.json`: resolved recipe, package versions, git commit, sha256 of each data file."""
+def write_manifest(recipe, output_dir: str | Path, fit_reports: list, metrics: dict, base_config=None) -> Path:
+    """`run_manifest.json`: resolved recipe, base model, package versions, git commit, sha256 of each data file."""
     data_files = {name: getattr(recipe.data, name) for name in ("train_file", "eval_file")}
     manifest = {
         "recipe_file": str(recipe.path) if recipe.path else None,
         "recipe": {"data": _plain(asdict(recipe.data)), "model": _plain(asdict(recipe.model)),
                    "training": _plain(recipe.training.to_dict())},
+        "base_model": {"path": recipe.model.model_name_or_path,
+                       "architectures": getattr(base_config, "architectures", None),
+                       "model_type": getattr(base_config, "model_type", None)},
         "versions": _versions(),
         "git_commit": _git_commit(),
         "data_files": {name: {"path": path, "sha256": sha256_of(path)} for name, path in data_files.items() if path},

@@ -91,7 +91,7 @@ def main(recipe: Recipe) -> dict:
     trainer.save_state()
     first, last = losses(trainer.state.log_history)
     metrics |= {"first_loss": first, "last_loss": last}
-    write_manifest(recipe, out, reports, metrics)
+    write_manifest(recipe, out, reports, metrics, base_config=model.config)
     plot_loss(trainer.state.log_history, out / "loss_curve.png")
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                         if k in ("first_loss", "last_loss", "eval_loss", "eval_accuracy") and v is not None)

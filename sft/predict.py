@@ -1,0 +1,67 @@
+"""`sft predict`: greedy replies for every row of a JSONL file, from a run dir (base + adapter) or a merged model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sft.collator import CompletionOnlyCollator
+from sft.dataset import raise_on_errors
+from sft.errors import UserError
+from sft.export import load_base, load_with_adapter
+from sft.generation import exact_match, generate_replies, max_reply_tokens, reference
+from sft.recipe import DataArguments
+from sft.rows import RowError, iter_rows
+
+
+def load_for_inference(path: str | Path):
+    """(model, processing class, date_string) from a run dir or a merged folder."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        model, info = load_with_adapter(path)
+        date_string = info["manifest"].get("recipe", {}).get("data", {}).get("date_string")
+    elif (path / "config.json").is_file():
+        model, _ = load_base(str(path))
+        model.eval()
+        date_string = None
+    else:
+        raise UserError(f"{path}: neither a run dir (adapter_config.json) nor a model folder (config.json)")
+    is_vision = getattr(model.config, "vision_config", None) is not None
+    processing_class = (AutoProcessor if is_vision else AutoTokenizer).from_pretrained(path)
+    return model, processing_class, date_string or DataArguments.date_string
+
+
+def default_data(path: str | Path) -> tuple[str, str | None, dict | None]:
+    """The eval file (with its image_root and column_map) recorded in the manifest of a run or merged folder."""
+    manifest_path = Path(path) / "run_manifest.json"
+    data = json.loads(manifest_path.read_text(encoding="utf-8")).get("recipe", {}).get("data", {}) \
+        if manifest_path.is_file() else {}
+    if not data.get("eval_file"):
+        raise UserError(f"{path}: no DATA given and no eval_file recorded in its run_manifest.json")
+    return data["eval_file"], data.get("image_root"), data.get("column_map")
+
+
+def predict(path: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 8,
+            max_new_tokens: int | None = None, image_root: str | None = None,
+            column_map: dict | None = None) -> dict:
+    """Write `{row, prediction, reference}` per row to `out` (JSONL); return accuracy over rows with a reference."""
+    items = list(iter_rows(data, image_root, column_map, require_reply=False))
+    raise_on_errors([item for item in items if isinstance(item, RowError)])
+    if not items:
+        raise UserError(f"{data}: no rows")
+    model, processing_class, date_string = load_for_inference(path)
+    collator = CompletionOnlyCollator(processing_class, date_string=date_string)
+    max_new_tokens = max_new_tokens or max(max_reply_tokens(collator, items), 32)
+    predictions = generate_replies(model, collator, items, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    references = [reference(item) for item in items]
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w", encoding="utf-8") as handle:
+            for item, prediction, ref in zip(items, predictions, references):
+                handle.write(json.dumps({"row": item["row"], "prediction": prediction, "reference": ref},
+                                        ensure_ascii=False) + "\n")
+    scored = [(p, r) for p, r in zip(predictions, references) if r is not None]
+    accuracy = exact_match(*zip(*scored)) if scored else None
+    return {"rows": len(items), "scored": len(scored), "accuracy": accuracy, "predictions": predictions}
