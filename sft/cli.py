@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 USAGE_EXAMPLES = """examples:
@@ -18,7 +18,7 @@ USAGE_EXAMPLES = """examples:
 
 def quiet_library_noise() -> None:
     # bitsandbytes warns once per 8-bit matmul on CPU; deepspeed's accelerator probe prints at import.
-    warnings.filterwarnings("ignore", message="MatMul8bitLt")
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
 
 

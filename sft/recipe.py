@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,9 @@ class DataArguments:
     eval_generation: bool = field(
         default=True, metadata={"help": "Also generate on eval rows and report exact-match `eval_accuracy`."}
     )
+    gpu_memory_gib: float = field(
+        default=80.0, metadata={"help": "Memory of one target GPU; `sft plan` says whether the recipe fits it."}
+    )
     date_string: str = field(
         default="26 Jul 2024",
         metadata={"help": "Date passed to the chat template (Llama 3.x writes today's date otherwise)."},
@@ -102,6 +106,7 @@ class Recipe:
     training: SFTConfig
     model: ModelConfig
     notices: list[str] = field(default_factory=list)  # printed when training starts
+    declared_dtype: str | None = None  # the recipe's dtype before any CPU fallback (what `sft plan` plans for)
 
 
 def _parse(parser: TrlParser, overrides: list[str] | None, path: Path | None):
@@ -134,6 +139,12 @@ def _cpu_only(config: dict, notices: list[str]) -> None:
     switched = [key for key in ("bf16", "fp16") if config.get(key)]
     config["bf16"], config["fp16"] = False, False
     config.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator
+    # Several CPU processes (accelerate launch): DDP needs accelerate's CPU mode (gloo); DeepSpeed refuses CPU
+    # mode but runs over gloo when the backend is named (accelerate 1.15, deepspeed 0.19).
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        config.setdefault("ddp_backend", "gloo")
+    else:
+        config.setdefault("use_cpu", True)
     if config.get("dtype") in ("bfloat16", "float16"):
         switched.append(f"dtype {config['dtype']}")
         config["dtype"] = "float32"
@@ -165,6 +176,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
             if key not in known:
                 raise UserError(f"{path}:{_line_of(text, key)}: unknown key {key!r}{_did_you_mean(key, known)}")
     notices: list[str] = []
+    declared_dtype = config.get("dtype")
     if not cuda:
         _cpu_only(config, notices)
     parser.set_defaults_with_config(**config)
@@ -184,7 +196,10 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
         raise UserError("bf16/fp16 need a GPU; none was found")
     if training.output_dir in (None, "trainer_output"):
         training.output_dir = str(Path("outputs") / (path.stem if path else "run"))
-    return Recipe(path=path, data=data, training=training, model=model, notices=notices)
+    if "--dtype" in (overrides or []):
+        declared_dtype = model.dtype
+    return Recipe(path=path, data=data, training=training, model=model, notices=notices,
+                  declared_dtype=declared_dtype)
 
 
 def data_path(recipe: Recipe, name: str) -> Path | None:

@@ -86,11 +86,13 @@ def main(recipe: Recipe) -> dict:
     if eval_rows is not None:
         metrics |= trainer.evaluate()
     out = Path(args.output_dir)
-    trainer.save_model(str(out))
-    processing_class.save_pretrained(str(out))
+    trainer.save_model(str(out))  # every rank takes part (DeepSpeed gathers); only the main one writes
     trainer.save_state()
     first, last = losses(trainer.state.log_history)
     metrics |= {"first_loss": first, "last_loss": last}
+    if not trainer.is_world_process_zero():
+        return metrics
+    processing_class.save_pretrained(str(out))
     write_manifest(recipe, out, reports, metrics, base_config=model.config)
     plot_loss(trainer.state.log_history, out / "loss_curve.png")
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
