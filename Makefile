@@ -9,7 +9,7 @@ RECIPE ?= recipes/smoke.yaml
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke train check-data preview test lint clean export-adapter merge predict
+.PHONY: help venv smoke train plan check-data preview test lint clean export-adapter merge predict
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -27,8 +27,11 @@ venv: $(VENV)/.installed  ## build the virtual environment
 smoke: $(VENV)/.installed  ## whole pipeline on a tiny 8-bit Mllama: train, eval, thresholds (minutes, any machine)
 	$(PY) scripts/smoke.py
 
-train: $(VENV)/.installed  ## train: make train RECIPE=recipes/x.yaml ARGS="--learning_rate 1e-4"
-	$(SFT) train $(RECIPE) $(ARGS)
+train: $(VENV)/.installed  ## train: RECIPE= ARGS="--learning_rate 1e-4" [ACCELERATE_CONFIG=accelerate_configs/x.yaml] [DRY_RUN=1]
+	$(SFT) train $(RECIPE) $(if $(ACCELERATE_CONFIG),--accelerate-config $(ACCELERATE_CONFIG)) $(if $(NUM_PROCESSES),--num-processes $(NUM_PROCESSES)) $(if $(DRY_RUN),--dry-run) $(ARGS)
+
+plan: $(VENV)/.installed  ## parameters and per-GPU memory estimate of RECIPE, no weights loaded (JSON=1)
+	$(SFT) plan $(RECIPE) $(if $(JSON),--json) $(ARGS)
 
 check-data: $(VENV)/.installed  ## validate every data row of RECIPE (file:line for each problem)
 	$(SFT) check $(RECIPE) $(ARGS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ USAGE_EXAMPLES = """examples:
 def quiet_library_noise() -> None:
     # bitsandbytes warns once per 8-bit matmul on CPU; deepspeed's accelerator probe prints at import.
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    # transformers 5 renames gradient_checkpointing, which TRL's SFTConfig still sets; nothing for a user to do.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
 
 
@@ -42,9 +45,57 @@ def _recipe_and_collator(args, overrides):
 
 def cmd_train(args, overrides) -> int:
     from sft.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, overrides)
+    strategy = None
+    if args.accelerate_config:
+        from sft.launch import check_pair
+
+        strategy = check_pair(recipe, args.accelerate_config)
+    if args.dry_run:
+        return dry_run(args, overrides, recipe, strategy)
+    if args.accelerate_config:
+        return launch(args, overrides)
     from sft.train import main as train
 
-    train(load_recipe(args.recipe, overrides))
+    train(recipe)
+    return 0
+
+
+def dry_run(args, overrides, recipe, strategy) -> int:
+    """Recipe, accelerate config, plan and every data row checked; no weights are loaded."""
+    from sft.inspect_data import check
+    from sft.plan import make_plan, render
+
+    print(f"recipe {args.recipe}: ok" + (f"; accelerate config {args.accelerate_config}: {strategy}" if strategy else ""))
+    plan = make_plan(recipe)
+    print(render(plan))
+    code = check(*_recipe_and_collator(args, overrides))
+    if not plan.fits:
+        print("dry run: the plan does not fit gpu_memory_gib", file=sys.stderr)
+    return code or (0 if plan.fits else 1)
+
+
+def launch(args, overrides) -> int:
+    """Re-run this training under `accelerate launch` with the given config (checked above)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config]
+    if args.num_processes:
+        command += ["--num_processes", str(args.num_processes)]
+    if not _has_cuda():  # mixed precision needs a GPU; the recipe already trains in fp32 here
+        command += ["--mixed_precision", "no"]
+    command += ["-m", "sft.cli", "train", args.recipe, *overrides]
+    print("launching: " + " ".join(command), file=sys.stderr, flush=True)
+    return subprocess.run(command).returncode
+
+
+def cmd_plan(args, overrides) -> int:
+    from sft.plan import as_json, make_plan, render
+    from sft.recipe import load_recipe
+
+    plan = make_plan(load_recipe(args.recipe, overrides))
+    print(as_json(plan) if args.json else render(plan))
     return 0
 
 
@@ -124,26 +175,36 @@ def _no_overrides(command: str, overrides: list[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sft", description="Supervised fine-tuning on TRL.",
+    parser = argparse.ArgumentParser(prog="sft", description="Supervised fine-tuning on TRL.", allow_abbrev=False,
                                      epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     overrides_help = "then any recipe key as --key value, overriding the file"
 
-    train = commands.add_parser("train", help="train with a recipe", epilog=overrides_help)
+    train = commands.add_parser("train", help="train with a recipe", epilog=overrides_help, allow_abbrev=False)
     train.add_argument("recipe")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check recipe, accelerate config, plan and data; load no weights")
+    train.add_argument("--accelerate-config", help="launch with `accelerate launch` and this config (checked first)")
+    train.add_argument("--num-processes", type=int, help="processes for accelerate (default: the config's)")
     train.set_defaults(run_command=cmd_train)
 
-    check = commands.add_parser("check", help="validate every data row of a recipe; non-zero exit on bad data",
+    check = commands.add_parser("check", allow_abbrev=False, help="validate every data row of a recipe; non-zero exit on bad data",
                                 epilog=overrides_help)
     check.add_argument("recipe")
     check.set_defaults(run_command=cmd_check)
 
-    preview = commands.add_parser("preview", help="show which tokens each row supervises", epilog=overrides_help)
+    preview = commands.add_parser("preview", allow_abbrev=False, help="show which tokens each row supervises", epilog=overrides_help)
     preview.add_argument("recipe")
     preview.add_argument("--limit", type=int, default=5, help="rows to show (default 5)")
     preview.add_argument("--json", action="store_true", help="one JSON object per row")
     preview.add_argument("--split", choices=("train", "eval"), default="train")
     preview.set_defaults(run_command=cmd_preview)
+
+    plan = commands.add_parser("plan", help="parameters and per-GPU memory estimate; no weights loaded",
+                               epilog=overrides_help, allow_abbrev=False)
+    plan.add_argument("recipe")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(run_command=cmd_plan)
 
     tiny = commands.add_parser("tiny", help="build a tiny random model with a real processor, offline")
     tiny.add_argument("family", choices=("llama", "mllama", "idefics3"))
