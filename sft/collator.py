@@ -112,7 +112,7 @@ class CompletionOnlyCollator:
             if message["role"] != "assistant":
                 continue
             prefix = self.render(messages[:i], n_images, add_generation_prompt=True)
-            through = self.render(messages[: i + 1], n_images)
+            through = full if i == len(messages) - 1 else self.render(messages[: i + 1], n_images)
             if not (through.startswith(prefix) and full.startswith(through)):
                 raise UserError(f"the chat template renders turn {i + 1} differently once later turns follow; "
                                 "cannot locate the reply by position")
@@ -143,25 +143,31 @@ class CompletionOnlyCollator:
             return self.processing_class(text=texts, images=images, **kwargs)
         return self.tokenizer(texts, **kwargs)
 
-    def _token_index(self, text: str, char: int, ids: list[int], images: list) -> int:
-        """Index in `ids` (the full row's tokens) of the token that starts at character `char` of `text`."""
-        images_before = text[:char].count(self.image_token) if self.image_token else 0
-        if images_before == len(images):  # no image after `char`: count the tail's tokens from the end
-            tail = self.tokenizer(text[char:], add_special_tokens=False)["input_ids"]
-            index, same = len(ids) - len(tail), ids[len(ids) - len(tail):] == tail
-        else:  # an image follows: run the processor on the head, with the images it holds
-            head = self._process([text[:char]], [images[:images_before]] if images_before else None)
-            head_ids = head["input_ids"][0].tolist()
-            index, same = len(head_ids), ids[: len(head_ids)] == head_ids
-        if not same:
-            raise UserError(f"the tokenizer merges tokens across a turn boundary at {text[max(0, char - 20):char]!r}"
-                            "; cannot mask by position")
-        return index
+    def _token_indices(self, text: str, chars: list[int], ids: list[int], images: list) -> list[int]:
+        """Index in `ids` (the full row's tokens) of the token that starts at each character of `chars`."""
+        counts = [text[:c].count(self.image_token) if self.image_token else 0 for c in chars]
+        # No image after the boundary: count the tail's tokens from the end (all tails in one tokenizer call).
+        tails = [text[c:] for c, n in zip(chars, counts) if n == len(images)]
+        tail_ids = iter(self.tokenizer(tails, add_special_tokens=False)["input_ids"] if tails else [])
+        indices = []
+        for char, images_before in zip(chars, counts):
+            if images_before == len(images):
+                tail = next(tail_ids)
+                index, same = len(ids) - len(tail), ids[len(ids) - len(tail):] == tail
+            else:  # an image follows: run the processor on the head, with the images it holds
+                head = self._process([text[:char]], [images[:images_before]] if images_before else None)
+                head_ids = head["input_ids"][0].tolist()
+                index, same = len(head_ids), ids[: len(head_ids)] == head_ids
+            if not same:
+                raise UserError(f"the tokenizer merges tokens across a turn boundary at "
+                                f"{text[max(0, char - 20):char]!r}; cannot mask by position")
+            indices.append(index)
+        return indices
 
     def labels_for(self, text: str, spans: list[tuple[int, int]], ids: list[int], images: list) -> list[int]:
         labels = [IGNORE_INDEX] * len(ids)
-        for start, end in spans:
-            first, last = self._token_index(text, start, ids, images), self._token_index(text, end, ids, images)
+        bounds = self._token_indices(text, [c for span in spans for c in span], ids, images)
+        for first, last in zip(bounds[::2], bounds[1::2]):
             labels[first:last] = ids[first:last]  # the reply and its closing token; all else stays -100
         return labels
 

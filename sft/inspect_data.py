@@ -16,9 +16,9 @@ from sft.rows import RowError, iter_rows
 GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
 
 
-def inspect_file(recipe: Recipe, collator: CompletionOnlyCollator, file: str,
-                 limit: int | None = None) -> Iterator[tuple[dict, dict] | RowError]:
-    """Each row of `file` measured and encoded as training will see it, or the error that stops it."""
+def inspect_file(recipe: Recipe, collator: CompletionOnlyCollator, file: str, limit: int | None = None,
+                 with_labels: bool = True) -> Iterator[tuple[dict, dict] | RowError]:
+    """Each row of `file` measured (and, `with_labels`, encoded) as training will see it, or its error."""
     seen = 0
     for item in iter_rows(file, recipe.data.image_root, recipe.data.column_map):
         if limit is not None and seen >= limit:
@@ -29,7 +29,7 @@ def inspect_file(recipe: Recipe, collator: CompletionOnlyCollator, file: str,
             continue
         try:
             fit = measure(item, collator, recipe.training.max_length, recipe.data.truncation)
-            encoded = collator.encode({**item, "messages": fit["messages"]})
+            encoded = collator.encode({**item, "messages": fit["messages"]}) if with_labels else None
         except UserError as exc:
             message = str(exc)
             prefix = f"{item['where']}: "
@@ -48,7 +48,7 @@ def check(recipe: Recipe, collator: CompletionOnlyCollator) -> int:
     failed = False
     for name, file in _files(recipe):
         counts, errors, supervised = Counter(), 0, 0
-        for result in inspect_file(recipe, collator, file):
+        for result in inspect_file(recipe, collator, file, with_labels=False):
             if isinstance(result, RowError):
                 print(result, file=sys.stderr)
                 errors += 1

@@ -5,7 +5,8 @@ shipped in recipes/model_configs/ for hub ids), so the 11B plan runs on a laptop
 
 Memory model (bytes; an estimate, not a measurement — `make bench` and the issue notes hold measured figures):
 - weights: linear layers of the language model at 1 byte (8-bit) or 0.5 byte + absmax blocks (4-bit); everything
-  kept out of quantization (vision tower, projector, lm_head, embeddings, norms) at the recipe's dtype;
+  kept out of quantization (vision tower, projector, lm_head, embeddings, norms) at the recipe's dtype, or in fp32
+  when the model is quantized (PEFT's prepare_model_for_kbit_training upcasts them);
 - LoRA: weights, gradients and AdamW's two moments, all fp32 (16 bytes a parameter);
 - activations of the language model for per_device_train_batch_size x max_length tokens, after Korthikanti et al.
   2022 (34·h bytes a token a layer in 16-bit, plus 5·heads·seq bytes with eager attention); with gradient
@@ -106,7 +107,9 @@ def make_plan(recipe: Recipe) -> Plan:
         lora = sum(r * (m.in_features + m.out_features) for _, m in lora_targets(model, model_args.lora_target_modules))
 
     quantized_bytes = quantized * (1 if bits == 8 else 0.5 + 4 / 64)  # 4-bit: fp32 absmax per 64-value block
-    weights = quantized_bytes + (total - quantized) * dtype_bytes
+    # prepare_model_for_kbit_training (PEFT) upcasts every non-quantized parameter to fp32.
+    kept_bytes = 4 if bits < 16 else dtype_bytes
+    weights = quantized_bytes + (total - quantized) * kept_bytes
     tokens = args.per_device_train_batch_size * (args.max_length or 1024)
     hidden, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
     eager = (model_args.attn_implementation or "sdpa") == "eager"

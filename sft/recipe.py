@@ -31,6 +31,8 @@ TOOLKIT_DEFAULTS = {
     "lora_dropout": 0.05,
     "lora_target_modules": LANGUAGE_MODEL_ATTENTION,
     "report_to": "none",
+    # Batches of similar length (the `length` column measured before training) waste little on padding.
+    "train_sampling_strategy": "group_by_length",
     "logging_steps": 5,
     # Our dataset keeps `messages`/`image_paths` for the collator; Trainer would drop them as "unused".
     "remove_unused_columns": False,

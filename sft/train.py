@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
 from transformers import EarlyStoppingCallback, set_seed
 
 from sft.collator import CompletionOnlyCollator
@@ -39,7 +40,7 @@ def check_fit(report: FitReport, kept_rows: int, limit: float) -> None:
                         f"{limit:.0%}; raise max_length, set truncation: shorten_prompt, or clean the data")
 
 
-def main(recipe: Recipe) -> dict:
+def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     data, args, model_args = recipe.data, recipe.training, recipe.model
     for notice in recipe.notices:
         log(f"notice: {notice}")
@@ -67,7 +68,7 @@ def main(recipe: Recipe) -> dict:
     # ---- trainer -----------------------------------------------------------------------------------------------
     # The collator builds input_ids and labels itself, so TRL must not tokenize the rows again.
     args.dataset_kwargs = {"skip_prepare_dataset": True}
-    callbacks = []
+    callbacks = list(extra_callbacks or [])
     if eval_rows is not None and data.early_stopping_patience > 0 and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data.early_stopping_patience))
     trainer = GenerationAccuracySFTTrainer(
@@ -83,6 +84,8 @@ def main(recipe: Recipe) -> dict:
 
     # ---- evaluate and save -----------------------------------------------------------------------------------
     metrics = dict(result.metrics)
+    if torch.cuda.is_available():
+        metrics["gpu_peak_memory_gib"] = torch.cuda.max_memory_allocated() / 1024**3
     if eval_rows is not None:
         metrics |= trainer.evaluate()
     out = Path(args.output_dir)
