@@ -136,7 +136,7 @@ def _language_model_params(model: Path) -> int:
     text = meta.config.get_text_config()
     cross = set(text.cross_attention_layers)
     return sum(p.numel() for n, p in meta.model.language_model.named_parameters()
-               if ".layers." in n and int(n.split(".layers.")[1].split(".")[0]) not in cross)
+               if n.startswith("layers.") and int(n.split(".")[1]) not in cross)
 
 
 def main() -> None:

@@ -143,14 +143,20 @@ class CompletionOnlyCollator:
             return self.processing_class(text=texts, images=images, **kwargs)
         return self.tokenizer(texts, **kwargs)
 
-    def _token_indices(self, text: str, chars: list[int], ids: list[int], images: list) -> list[int]:
+    def _tails(self, text: str, chars: list[int], n_images: int) -> list[str]:
+        """Text after each boundary that has no image after it (those are counted from the end of the row)."""
+        return [text[c:] for c in chars if not self.image_token or text[:c].count(self.image_token) == n_images]
+
+    def _token_indices(self, text: str, chars: list[int], ids: list[int], images: list,
+                       tail_ids: list[list[int]] | None = None) -> list[int]:
         """Index in `ids` (the full row's tokens) of the token that starts at each character of `chars`."""
-        counts = [text[:c].count(self.image_token) if self.image_token else 0 for c in chars]
-        # No image after the boundary: count the tail's tokens from the end (all tails in one tokenizer call).
-        tails = [text[c:] for c, n in zip(chars, counts) if n == len(images)]
-        tail_ids = iter(self.tokenizer(tails, add_special_tokens=False)["input_ids"] if tails else [])
+        if tail_ids is None:
+            tails = self._tails(text, chars, len(images))
+            tail_ids = self.tokenizer(tails, add_special_tokens=False)["input_ids"] if tails else []
+        tail_ids = iter(tail_ids)
         indices = []
-        for char, images_before in zip(chars, counts):
+        for char in chars:
+            images_before = text[:char].count(self.image_token) if self.image_token else 0
             if images_before == len(images):
                 tail = next(tail_ids)
                 index, same = len(ids) - len(tail), ids[len(ids) - len(tail):] == tail
@@ -164,9 +170,10 @@ class CompletionOnlyCollator:
             indices.append(index)
         return indices
 
-    def labels_for(self, text: str, spans: list[tuple[int, int]], ids: list[int], images: list) -> list[int]:
+    def labels_for(self, text: str, spans: list[tuple[int, int]], ids: list[int], images: list,
+                   tail_ids: list[list[int]] | None = None) -> list[int]:
         labels = [IGNORE_INDEX] * len(ids)
-        bounds = self._token_indices(text, [c for span in spans for c in span], ids, images)
+        bounds = self._token_indices(text, [c for span in spans for c in span], ids, images, tail_ids)
         for first, last in zip(bounds[::2], bounds[1::2]):
             labels[first:last] = ids[first:last]  # the reply and its closing token; all else stays -100
         return labels
@@ -191,16 +198,23 @@ class CompletionOnlyCollator:
                 rendered.append(self.supervised_spans(example["messages"], len(imgs)))
         texts = [text for text, _ in rendered]
         batch = self._process(texts, images if any(images) else None)
-        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+        # Every row's tails in one tokenizer call (a call per row costs more than the tokenizing itself).
+        tails = [self._tails(text, [c for span in spans for c in span], len(imgs))
+                 for (text, spans), imgs in zip(rendered, images)]
+        flat = [tail for row_tails in tails for tail in row_tails]
+        flat_ids = iter(self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
+        tail_ids = [[next(flat_ids) for _ in row_tails] for row_tails in tails]
+        all_ids, lengths = batch["input_ids"].tolist(), batch["attention_mask"].sum(dim=1).tolist()
+        labels = []
         for row, ((text, spans), imgs, example) in enumerate(zip(rendered, images, examples)):
-            length = int(batch["attention_mask"][row].sum())  # right padding: the row is the first `length`
+            length = lengths[row]  # right padding: the row is its first `length` tokens
             with located(example):
                 if self.max_length is not None and length > self.max_length:
                     raise UserError(f"{length} tokens exceed max_length {self.max_length}; rows must pass "
                                     "sft.dataset.fit_to_length first")
-                ids = batch["input_ids"][row, :length].tolist()
-                labels[row, :length] = torch.tensor(self.labels_for(text, spans, ids, imgs))
-        batch["labels"] = labels
+                row_labels = self.labels_for(text, spans, all_ids[row][:length], imgs, tail_ids[row])
+            labels.append(row_labels + [IGNORE_INDEX] * (len(all_ids[row]) - length))  # padding is never learnt
+        batch["labels"] = torch.tensor(labels, dtype=batch["input_ids"].dtype)
         return batch
 
     def generation_inputs(self, examples: list[dict]) -> dict[str, torch.Tensor]:
