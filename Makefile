@@ -9,7 +9,7 @@ RECIPE ?= recipes/smoke.yaml
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke train plan check-data preview test lint clean export-adapter merge predict
+.PHONY: help venv smoke train plan bench check-data preview test lint clean export-adapter merge predict
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -38,6 +38,11 @@ check-data: $(VENV)/.installed  ## validate every data row of RECIPE (file:line 
 
 preview: $(VENV)/.installed  ## show the supervised tokens of the first rows of RECIPE (LIMIT=5, JSON=1)
 	$(SFT) preview $(RECIPE) --limit $(or $(LIMIT),5) $(if $(JSON),--json) $(ARGS)
+
+bench: $(VENV)/.installed  ## benchmark against plain TRL: table + bench_results/bench.json (GPU rows: LLAMA_PROCESSOR=dir)
+	$(PY) bench/bench.py
+	@if $(PY) -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
+		$(PY) bench/gpu.py --processor $(LLAMA_PROCESSOR); else echo "GPU rows skipped: no CUDA device"; fi
 
 test: $(VENV)/.installed  ## the test suite (what CI runs)
 	$(PY) -m pytest -q tests

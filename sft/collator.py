@@ -104,8 +104,18 @@ class CompletionOnlyCollator:
         except jinja2.TemplateError as exc:  # e.g. Llama 3.2 Vision: "images are incompatible with system messages"
             raise UserError(f"the chat template refuses this row: {exc}") from None
 
+    def refuse_special_text(self, messages: list[dict]) -> None:
+        """Data is text: a special token written in it (`<|eot_id|>`, `<image>`) would become a control token
+        once tokenized (ending a turn early, or asking for an image that is not there), so such a row is refused."""
+        for number, message in enumerate(messages, start=1):
+            found = next((t for t in self.special_tokens if t in message["content"]), None)
+            if found:
+                raise UserError(f"message {number} ({message['role']}) contains {found!r}, a special token of this "
+                                "tokenizer; as data it would act as a control token; remove or reword it")
+
     def supervised_spans(self, messages: list[dict], n_images: int) -> tuple[str, list[tuple[int, int]]]:
         """The full text and, per assistant turn, the character span [start, end) that is supervised."""
+        self.refuse_special_text(messages)
         full = self.render(messages, n_images)
         spans = []
         for i, message in enumerate(messages):
@@ -223,5 +233,6 @@ class CompletionOnlyCollator:
         texts = []
         for example, imgs in zip(examples, images):
             with located(example):
+                self.refuse_special_text(example["messages"])
                 texts.append(self.render(prompt_messages(example), len(imgs), add_generation_prompt=True))
         return self._process(texts, images if any(images) else None, padding_side="left")

@@ -74,6 +74,9 @@ class DataArguments:
     eval_generation: bool = field(
         default=True, metadata={"help": "Also generate on eval rows and report exact-match `eval_accuracy`."}
     )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace another run's checkpoints in output_dir (refused otherwise)."}
+    )
     gpu_memory_gib: float = field(
         default=80.0, metadata={"help": "Memory of one target GPU; `sft plan` says whether the recipe fits it."}
     )

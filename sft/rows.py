@@ -8,6 +8,7 @@ conversation `{messages: [{role, content}]}`; any may carry `image` or `images`.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,21 @@ from pathlib import Path
 from sft.errors import UserError
 
 ROLES = ("system", "user", "assistant")
+MAX_LINE_BYTES = 8 * 2**20  # a longer line is refused without being held in memory
+
+
+def _lines(handle) -> Iterator[bytes | None]:
+    """The file's lines; None in place of a line longer than MAX_LINE_BYTES (its rest is skipped)."""
+    while True:
+        line = handle.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):
+                line = handle.readline(MAX_LINE_BYTES)
+            yield None
+        else:
+            yield line
 
 
 @dataclass
@@ -110,8 +126,11 @@ def iter_rows(path: str | Path, image_root: str | Path | None = None, column_map
     names = {key: column_map.get(key, key) for key in
              ("system", "messages", "prompt", "completion", "instruction", "input", "output", "image", "images")}
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_lines(handle), start=1):
             where = f"{path}:{number}"
+            if raw is None:
+                yield RowError(where, f"line longer than {MAX_LINE_BYTES // 2**20} MiB; not read")
+                continue
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM may open the file
             except UnicodeDecodeError as exc:
@@ -142,9 +161,12 @@ def load_image(path: str, where: str):
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Image.DecompressionBombError as exc:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; an image that large is refused too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UserError(f"{where}: image refused, too many pixels ({path}): {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise UserError(f"{where}: cannot decode image {path}: {exc}") from None

@@ -11,6 +11,7 @@ from transformers import EarlyStoppingCallback, set_seed
 from sft.collator import CompletionOnlyCollator
 from sft.dataset import FitReport, fit_to_length, load_rows
 from sft.errors import UserError
+from sft.guards import DivergenceGuard, SaveOnInterrupt, check_output_dir, last_checkpoint
 from sft.model import load_model, load_processing_class, lora_config
 from sft.recipe import Recipe
 from sft.run_outputs import losses, plot_loss, write_manifest
@@ -53,6 +54,13 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     collator = CompletionOnlyCollator(processing_class, date_string=data.date_string, max_length=args.max_length,
                                       pad_to_multiple_of=args.pad_to_multiple_of)
 
+    # ---- output dir: never another run's checkpoints by accident -------------------------------------------
+    resume = args.resume_from_checkpoint
+    resume = True if str(resume).lower() == "true" else resume
+    check_output_dir(args.output_dir, resuming=bool(resume), overwrite=data.overwrite_output_dir)
+    if resume is True and last_checkpoint(args.output_dir) is None:
+        raise UserError(f"{args.output_dir}: no checkpoint to resume from")
+
     # ---- data: validated, measured, counted before any weights load ----------------------------------------
     train_rows, train_report = prepare_split(recipe, collator, "train", data.train_file)
     check_fit(train_report, len(train_rows), data.max_dropped_fraction)
@@ -68,7 +76,8 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     # ---- trainer -----------------------------------------------------------------------------------------------
     # The collator builds input_ids and labels itself, so TRL must not tokenize the rows again.
     args.dataset_kwargs = {"skip_prepare_dataset": True}
-    callbacks = list(extra_callbacks or [])
+    interrupt, divergence = SaveOnInterrupt(), DivergenceGuard()
+    callbacks = [interrupt, divergence, *(extra_callbacks or [])]
     if eval_rows is not None and data.early_stopping_patience > 0 and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data.early_stopping_patience))
     trainer = GenerationAccuracySFTTrainer(
@@ -78,9 +87,18 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     )
 
     # ---- train -------------------------------------------------------------------------------------------------
-    resume = args.resume_from_checkpoint
-    resume = True if str(resume).lower() == "true" else resume
-    result = trainer.train(resume_from_checkpoint=resume)
+    interrupt.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        interrupt.uninstall()
+    if divergence.bad is not None:
+        raise UserError(divergence.message(args))
+    if interrupt.signal_name is not None:
+        log(f"stopped by {interrupt.signal_name} at step {trainer.state.global_step}; checkpoint: "
+            f"{last_checkpoint(args.output_dir)}; resume with: make train RECIPE={recipe.path} "
+            f"ARGS=\"--resume_from_checkpoint true\"")
+        raise KeyboardInterrupt
 
     # ---- evaluate and save -----------------------------------------------------------------------------------
     metrics = dict(result.metrics)
