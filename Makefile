@@ -48,7 +48,7 @@ test: $(VENV)/.installed  ## the test suite (what CI runs)
 	$(PY) -m pytest -q tests
 
 lint: $(VENV)/.installed  ## ruff
-	$(PY) -m ruff check sft scripts tests
+	$(PY) -m ruff check sft scripts tests bench
 
 clean:  ## remove the smoke artefacts and outputs (not the venv)
 	rm -rf .smoke outputs

@@ -61,7 +61,7 @@ def median_time(fn, repeats: int) -> float:
 def glossary_rows(count: int, rng: random.Random) -> list[dict]:
     """Most answers short, a long tail (log-normal word counts), like a glossary."""
     rows = []
-    for index in range(count):
+    for _ in range(count):
         words = min(400, max(1, int(rng.lognormvariate(2.0, 1.0))))
         answer = " ".join(rng.choice(WORDS) for _ in range(words))
         rows.append({"instruction": "Define the construction term.", "input": rng.choice(WORDS), "output": answer})

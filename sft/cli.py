@@ -1,12 +1,15 @@
-"""The `sft` command: train, check, preview, tiny, export-adapter, merge, predict. Bad input ends in one line per problem, never a traceback."""
+"""The `sft` command: train, check, preview, plan, tiny, export-adapter, merge, predict.
+
+Bad input ends in one line per problem, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 import os
 import sys
+import warnings
 from pathlib import Path
 
 USAGE_EXAMPLES = """examples:
@@ -67,7 +70,8 @@ def dry_run(args, overrides, recipe, strategy) -> int:
     from sft.inspect_data import check
     from sft.plan import make_plan, render
 
-    print(f"recipe {args.recipe}: ok" + (f"; accelerate config {args.accelerate_config}: {strategy}" if strategy else ""))
+    launch = f"; accelerate config {args.accelerate_config}: {strategy}" if strategy else ""
+    print(f"recipe {args.recipe}: ok{launch}")
     plan = make_plan(recipe)
     print(render(plan))
     code = check(*_recipe_and_collator(args, overrides))
@@ -188,12 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--num-processes", type=int, help="processes for accelerate (default: the config's)")
     train.set_defaults(run_command=cmd_train)
 
-    check = commands.add_parser("check", allow_abbrev=False, help="validate every data row of a recipe; non-zero exit on bad data",
-                                epilog=overrides_help)
+    check = commands.add_parser("check", allow_abbrev=False, epilog=overrides_help,
+                                help="validate every data row of a recipe; non-zero exit on bad data")
     check.add_argument("recipe")
     check.set_defaults(run_command=cmd_check)
 
-    preview = commands.add_parser("preview", allow_abbrev=False, help="show which tokens each row supervises", epilog=overrides_help)
+    preview = commands.add_parser("preview", allow_abbrev=False, epilog=overrides_help,
+                                  help="show which tokens each row supervises")
     preview.add_argument("recipe")
     preview.add_argument("--limit", type=int, default=5, help="rows to show (default 5)")
     preview.add_argument("--json", action="store_true", help="one JSON object per row")
@@ -212,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(run_command=cmd_tiny)
 
-    export = commands.add_parser("export-adapter", help="adapter + processor + manifest + model card, ready to ship")
+    export = commands.add_parser("export-adapter",
+                                 help="adapter + processor + manifest + model card, ready to ship")
     export.add_argument("--run", help="run dir (default: the most recent under outputs/)")
     export.add_argument("--out", help="target folder (default: exports/<run>-adapter)")
     export.add_argument("--state-dict", action="store_true", help="also write the bare LoRA state dict")
@@ -226,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--force", action="store_true", help="replace a non-empty --out")
     merge.set_defaults(run_command=cmd_merge)
 
-    predict = commands.add_parser("predict", help="greedy replies per row; exact-match accuracy when rows have them")
+    predict = commands.add_parser("predict",
+                                  help="greedy replies per row; exact-match accuracy when rows have them")
     predict.add_argument("model", nargs="?", help="a run dir or a merged model folder (default: latest run)")
     predict.add_argument("data", nargs="?", help="JSONL rows, replies optional (default: the run's eval_file)")
     predict.add_argument("--out", help="predictions JSONL (default: predictions/<model>.jsonl)")

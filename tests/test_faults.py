@@ -22,7 +22,7 @@ from sft.errors import UserError
 from sft.recipe import load_recipe
 from sft.rows import MAX_LINE_BYTES, RowError, iter_rows, load_image
 from sft.train import main as train
-from tests.conftest import REPO, write_image, write_jsonl, write_recipe
+from tests.conftest import REPO, write_image, write_jsonl
 from tests.test_training import element_rows
 
 SMOKE = REPO / "recipes/smoke.yaml"

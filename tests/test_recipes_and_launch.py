@@ -64,7 +64,8 @@ def test_plan_command_prints_the_table(capsys):
 
 @needs_real
 def test_11b_recipe_dry_run_checks_rows_with_the_real_llama_processor(capsys):
-    args = ["train", str(LLAMA_11B), "--dry-run", "--accelerate-config", str(REPO / "accelerate_configs/single_gpu.yaml"),
+    args = ["train", str(LLAMA_11B), "--dry-run",
+            "--accelerate-config", str(REPO / "accelerate_configs/single_gpu.yaml"),
             "--train_file", str(REPO / "data/construction_terms_sample.jsonl"),
             "--model_name_or_path", str(REAL_PROCESSORS / "Llama-3.2-11B-Vision-Instruct")]
     assert sft(args) == 0

@@ -55,7 +55,8 @@ def test_image_root_overrides_the_files_folder(tmp_path):
 
 def test_bom_crlf_and_blank_lines_are_accepted(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\r\n\r\n   \n{"prompt": "c", "completion": "d"}\r\n')
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a", "completion": "b"}\r\n\r\n   \n'
+                     b'{"prompt": "c", "completion": "d"}\r\n')
     rows = rows_of(path)
     assert [r["row"] for r in rows] == [1, 4]
     assert all(not isinstance(r, RowError) for r in rows)
