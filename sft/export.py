@@ -22,17 +22,17 @@ from sft.artifacts import (
     staged_folder,
 )
 from sft.errors import UserError
+from sft.model import model_class_for
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def load_base(base: str, dtype: torch.dtype = torch.float32):
     """The base model in full precision (no quantization), vision or text."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(base)
-    model_class = AutoModelForImageTextToText if getattr(config, "vision_config", None) else AutoModelForCausalLM
-    return model_class.from_pretrained(base, dtype=dtype), config
+    return model_class_for(config).from_pretrained(base, dtype=dtype), config
 
 
 def load_with_adapter(run: str | Path, dtype: torch.dtype = torch.float32):

@@ -30,6 +30,11 @@ def is_vision_config(config) -> bool:
     return getattr(config, "vision_config", None) is not None
 
 
+def model_class_for(config):
+    """The Auto class that builds this checkpoint: image-text-to-text for a VLM, causal LM for text."""
+    return AutoModelForImageTextToText if is_vision_config(config) else AutoModelForCausalLM
+
+
 def quantization_config(model_args: ModelConfig) -> BitsAndBytesConfig | None:
     """8-bit or 4-bit weights for the language model (BitsAndBytesConfig; `load_in_8bit=` was removed)."""
     if model_args.load_in_8bit and model_args.load_in_4bit:
@@ -84,8 +89,7 @@ def load_model(model_args: ModelConfig, gradient_checkpointing: bool = False, tr
     if quantization is not None:
         kwargs |= dict(quantization_config=quantization,
                        device_map={"": _device()})
-    model_class = AutoModelForImageTextToText if is_vision_config(config) else AutoModelForCausalLM
-    model = model_class.from_pretrained(model_args.model_name_or_path, **kwargs)
+    model = model_class_for(config).from_pretrained(model_args.model_name_or_path, **kwargs)
     if quantization is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return model

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from sft.errors import UserError
-from sft.model import NOT_QUANTIZED
+from sft.model import NOT_QUANTIZED, model_class_for
 from sft.recipe import Recipe
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "model_configs"
@@ -47,12 +47,11 @@ def config_source(name: str) -> Path:
 
 def build_on_meta(name: str):
     """The model built from its config on the meta device (no memory, no weights)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(config_source(name)))
-    model_class = AutoModelForImageTextToText if getattr(config, "vision_config", None) else AutoModelForCausalLM
     with torch.device("meta"):
-        return model_class.from_config(config), config
+        return model_class_for(config).from_config(config), config
 
 
 def _is_quantized(name: str) -> bool:

@@ -10,6 +10,7 @@ from sft.dataset import raise_on_errors
 from sft.errors import UserError
 from sft.export import load_base, load_with_adapter
 from sft.generation import exact_match, generate_replies, max_reply_tokens, reference
+from sft.model import is_vision_config
 from sft.recipe import DataArguments
 from sft.rows import RowError, iter_rows
 
@@ -28,8 +29,8 @@ def load_for_inference(path: str | Path):
         date_string = None
     else:
         raise UserError(f"{path}: neither a run dir (adapter_config.json) nor a model folder (config.json)")
-    is_vision = getattr(model.config, "vision_config", None) is not None
-    processing_class = (AutoProcessor if is_vision else AutoTokenizer).from_pretrained(path)
+    loader = AutoProcessor if is_vision_config(model.config) else AutoTokenizer
+    processing_class = loader.from_pretrained(path)
     return model, processing_class, date_string or DataArguments.date_string
 
 

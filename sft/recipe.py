@@ -206,8 +206,3 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
     return Recipe(path=path, data=data, training=training, model=model, notices=notices,
                   declared_dtype=declared_dtype)
 
-
-def data_path(recipe: Recipe, name: str) -> Path | None:
-    """A data file named in the recipe, resolved against the working directory."""
-    value = getattr(recipe.data, name)
-    return None if value is None else Path(value)
