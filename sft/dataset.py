@@ -91,11 +91,10 @@ def measure(example: dict, collator: CompletionOnlyCollator, max_length: int | N
         shorter = _shorten_prompt(collator, example, len(encoded.input_ids) - max_length) \
             if mode == "shorten_prompt" else None
         if shorter is None:
-            status = "dropped"
             break
         example, status = shorter, "truncated"
         encoded = collator.encode(example, images)
-    else:
+    if max_length is not None and len(encoded.input_ids) > max_length:
         status = "dropped"
     return {
         "messages": example["messages"], "status": status, "length": len(encoded.input_ids),
