@@ -62,8 +62,9 @@ def check_architecture(run: str | Path, info: dict, base_config) -> None:
 
 
 def copy_processor_files(source: Path, target: Path) -> list[str]:
+    """The processor/tokenizer files and the run manifest (provenance, `sft predict`'s default data)."""
     copied = []
-    for name in PROCESSOR_FILES:
+    for name in (*PROCESSOR_FILES, "run_manifest.json"):
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
             copied.append(name)

@@ -89,8 +89,6 @@ def export_adapter(run: str | Path, out: str | Path, force: bool = False, state_
         adapter_config = dict(info["adapter"], base_model_name_or_path=base)
         (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
         copy_processor_files(run, staging)
-        if (run / "run_manifest.json").is_file():
-            shutil.copy2(run / "run_manifest.json", staging / "run_manifest.json")
         (staging / "README.md").write_text(_model_card(run, info, base), encoding="utf-8")
         if state_dict:
             from peft import get_peft_model_state_dict
@@ -111,8 +109,6 @@ def merge(run: str | Path, out: str | Path, dtype: str = "bf16", force: bool = F
         merged = model.merge_and_unload()
         merged.save_pretrained(staging, max_shard_size="2GB")
         copy_processor_files(run, staging)
-        if (run / "run_manifest.json").is_file():  # provenance, and `sft predict`'s default data
-            shutil.copy2(run / "run_manifest.json", staging / "run_manifest.json")
     leftover = [p.name for p in out.iterdir() if p.name.startswith("adapter_")]
     if leftover:
         raise UserError(f"{out}: merge left adapter files behind: {', '.join(leftover)}")
