@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 SFT    := $(PY) -m sft.cli
-# Without a GPU, the CPU build of torch is installed first (the open range in pyproject.toml would pull CUDA).
+# Without a GPU, the CPU build of torch is installed first (the open range in pyproject.toml would pull CUDA), then
+# the matching torchvision from the index without its dependencies (sft/torchvision_compat.py says why that works).
 TORCH_CPU ?= torch==2.13.0
+TORCHVISION_CPU ?= torchvision==0.28.0
 RECIPE ?= recipes/smoke.yaml
 ARGS   ?=
 
@@ -18,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then echo "no GPU: installing $(TORCH_CPU) (CPU)"; \
-		$(PY) -m pip install -q "$(TORCH_CPU)"; fi
+		$(PY) -m pip install -q "$(TORCH_CPU)" && $(PY) -m pip install -q --no-deps "$(TORCHVISION_CPU)"; fi
 	$(PY) -m pip install -q -e ".[dev,deepspeed]"
 	touch $@
 
