@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then echo "no GPU: installing $(TORCH_CPU) (CPU)"; \
 		$(PY) -m pip install -q "$(TORCH_CPU)" && $(PY) -m pip install -q --no-deps "$(TORCHVISION_CPU)"; fi
 	$(PY) -m pip install -q -e ".[dev,deepspeed]"
+	$(PY) -c 'from sft.torchvision_compat import install_for_interpreter as i; print("wrote", i())'  # see that module
 	touch $@
 
 venv: $(VENV)/.installed  ## build the virtual environment

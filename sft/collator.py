@@ -20,6 +20,8 @@ import torch
 from transformers import ProcessorMixin
 
 from sft.errors import UserError
+from sft.families import family_for_processor
+from sft.messages import image_count, parts_of, text_of, with_images
 from sft.rows import load_image
 
 IGNORE_INDEX = -100
@@ -43,9 +45,8 @@ class Encoded:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def prompt_messages(example: dict) -> list[dict]:
+def prompt_messages(messages: list[dict]) -> list[dict]:
     """What the model answers: every message before the final reply (all of them when there is none)."""
-    messages = example["messages"]
     return messages[:-1] if messages[-1]["role"] == "assistant" else messages
 
 
@@ -71,8 +72,11 @@ class CompletionOnlyCollator:
         self.tokenizer = processing_class.tokenizer if self.is_processor else processing_class
         if not self.tokenizer.chat_template and not getattr(processing_class, "chat_template", None):
             raise UserError("the model's tokenizer has no chat template; a chat model is needed to mask by turn")
-        # Mllama and Idefics3 both name their placeholder `image_token`; a text tokenizer has none.
-        self.image_token = getattr(processing_class, "image_token", None) if self.is_processor else None
+        # What the template writes per image, counted to know which images lie before a position: the processor's
+        # `image_token` unless the family table names another marker; a text tokenizer has none.
+        family = family_for_processor(processing_class) if self.is_processor else None
+        self.image_token = (family.image_marker if family and family.image_marker else
+                            getattr(processing_class, "image_token", None)) if self.is_processor else None
         # Only templates that read `date_string` get it (others would warn about an unused keyword).
         template = getattr(processing_class, "chat_template", None) or self.tokenizer.chat_template
         self.date_string = date_string if "date_string" in str(template) else None
@@ -82,64 +86,86 @@ class CompletionOnlyCollator:
         self.special_tokens = sorted(added | set(self.tokenizer.all_special_tokens), key=len, reverse=True)
 
     # ---- rendering -------------------------------------------------------------------------------------------
-    def template_messages(self, messages: list[dict], n_images: int) -> list[dict]:
-        """Messages in the form the chat template expects; images go first in the first user turn."""
-        if not self.is_processor:
-            return [{"role": m["role"], "content": m["content"]} for m in messages]
-        out, images_left = [], n_images
-        for m in messages:
-            parts = []
-            if m["role"] == "user" and images_left:
-                parts, images_left = [{"type": "image"}] * images_left, 0
-            out.append({"role": m["role"], "content": parts + [{"type": "text", "text": m["content"]}]})
-        return out
+    def template_messages(self, messages: list[dict]) -> list[dict]:
+        """Messages in the form the chat template expects: typed parts for a processor, strings for a tokenizer."""
+        if self.is_processor:
+            return [{"role": m["role"], "content": [{"type": "image"} if p["type"] == "image" else p
+                                                     for p in parts_of(m["content"])]} for m in messages]
+        if image_count(messages):
+            raise UserError("the row has images but the model is a text model")
+        return [{"role": m["role"], "content": text_of(m)} for m in messages]
 
-    def render(self, messages: list[dict], n_images: int, add_generation_prompt: bool = False) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         kwargs = {"date_string": self.date_string} if self.date_string else {}
         try:
             return self.processing_class.apply_chat_template(
-                self.template_messages(messages, n_images), tokenize=False,
-                add_generation_prompt=add_generation_prompt, **kwargs,
+                self.template_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
+                **kwargs,
             )
-        except jinja2.TemplateError as exc:  # e.g. Llama 3.2 Vision: "images are incompatible with system messages"
-            raise UserError(f"the chat template refuses this row: {exc}") from None
+        except (jinja2.TemplateError, ValueError) as exc:  # Llama 3.2 Vision: "images are incompatible with system
+            raise UserError(f"the chat template refuses this row: {exc}") from None  # messages"
 
     def refuse_special_text(self, messages: list[dict]) -> None:
         """Data is text: a special token written in it (`<|eot_id|>`, `<image>`) would become a control token
         once tokenized (ending a turn early, or asking for an image that is not there), so such a row is refused."""
         for number, message in enumerate(messages, start=1):
-            found = next((t for t in self.special_tokens if t in message["content"]), None)
+            text = text_of(message)
+            found = next((t for t in self.special_tokens if t in text), None)
             if found:
                 raise UserError(f"message {number} ({message['role']}) contains {found!r}, a special token of this "
                                 "tokenizer; as data it would act as a control token; remove or reword it")
 
-    def supervised_spans(self, messages: list[dict], n_images: int) -> tuple[str, list[tuple[int, int]]]:
-        """The full text and, per assistant turn, the character span [start, end) that is supervised."""
+    def supervised_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        """The full text and, per assistant turn, the character span [start, end) that is supervised.
+
+        A turn's span starts where the rendering of the conversation before it plus the generation prompt stops
+        agreeing with the full rendering (right after the generation prompt, or after the role header when the
+        generation prompt adds a thinking block that the turn lacks), never inside the reply, and ends with the
+        special token that closes the turn. A template that closes a turn with no special token (LLaVA-1.5) gets
+        the tokenizer's EOS inserted right after the reply, supervised."""
         self.refuse_special_text(messages)
-        full = self.render(messages, n_images)
-        spans = []
+        full = self.render(messages)
+        located, insert_at = [], []
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prefix = self.render(messages[:i], n_images, add_generation_prompt=True)
-            through = full if i == len(messages) - 1 else self.render(messages[: i + 1], n_images)
-            if not (through.startswith(prefix) and full.startswith(through)):
-                raise UserError(f"the chat template renders turn {i + 1} differently once later turns follow; "
-                                "cannot locate the reply by position")
-            turn = through[len(prefix):]
-            reply = message["content"].strip()
-            at = turn.find(reply)
+            if i == 0:
+                raise UserError("the conversation opens with an assistant turn; it needs a user turn before it")
+            before = self.render(messages[:i])
+            if not full.startswith(before):
+                raise UserError(f"the chat template renders the turns before turn {i + 1} differently once it "
+                                "follows; cannot locate the reply by position")
+            reply = text_of(message).strip()
+            at = full.find(reply, len(before))
             if at < 0:
                 raise UserError(f"the chat template does not write assistant turn {i + 1} verbatim")
-            after = turn[at + len(reply):]
-            closing = self._closing_token(after)
+            prompt = self.render(messages[:i], add_generation_prompt=True)
+            agree = next((k for k, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
+            start = min(max(agree, len(before)), at)  # from the divergence, never inside the reply
+            reply_end = at + len(reply)
+            closing = self._closing_token(full[reply_end:])
             if closing is None:
-                raise UserError("the chat template closes the assistant turn with no special token "
-                                f"(it writes {after!r}); the model could never learn to stop")
-            # The turn ends with the closing token itself: a newline the template writes after it is not learnt.
-            end = len(prefix) + at + len(reply) + after.index(closing) + len(closing)
-            spans.append((len(prefix), end))
+                eos = self.tokenizer.eos_token
+                if not eos:
+                    raise UserError("the chat template closes the assistant turn with no special token and the "
+                                    "tokenizer has no EOS; the model could never learn to stop")
+                insert_at.append(reply_end)
+                located.append((start, reply_end, eos))
+            else:
+                # The turn ends with the closing token itself: a newline the template writes after it is not learnt.
+                located.append((start, full.index(closing, reply_end) + len(closing), ""))
+        spans, shift = [], 0
+        for start, end, inserted in located:
+            spans.append((start + shift, end + shift + len(inserted)))
+            shift += len(inserted)
+        for position in reversed(insert_at):
+            full = full[:position] + self.tokenizer.eos_token + full[position:]
         return full, spans
+
+    def inserts_eos(self, messages: list[dict]) -> bool:
+        """Whether this row's template writes no closing token, so that EOS is inserted after each reply."""
+        text, _ = self.supervised_spans(messages)
+        return len(text) != len(self.render(messages))
 
     def _closing_token(self, after_reply: str) -> str | None:
         stripped = after_reply.lstrip()
@@ -192,11 +218,15 @@ class CompletionOnlyCollator:
     def load_images(self, example: dict) -> list:
         return [load_image(path, example.get("where", "row")) for path in example.get("image_paths") or []]
 
+    def messages_of(self, example: dict, images: list) -> list[dict]:
+        """The row's messages as parts, its images placed (sft/messages.py)."""
+        return with_images(example["messages"], len(images))
+
     def encode(self, example: dict, images: list | None = None) -> Encoded:
         """One row, unpadded and untruncated (for counting, previews and the length check)."""
         images = self.load_images(example) if images is None else images
         with located(example):
-            text, spans = self.supervised_spans(example["messages"], len(images))
+            text, spans = self.supervised_spans(self.messages_of(example, images))
             ids = self._process([text], [images] if images else None)["input_ids"][0].tolist()
             return Encoded(ids, self.labels_for(text, spans, ids, images), text)
 
@@ -205,7 +235,7 @@ class CompletionOnlyCollator:
         rendered = []
         for example, imgs in zip(examples, images):
             with located(example):
-                rendered.append(self.supervised_spans(example["messages"], len(imgs)))
+                rendered.append(self.supervised_spans(self.messages_of(example, imgs)))
         texts = [text for text, _ in rendered]
         batch = self._process(texts, images if any(images) else None)
         # Every row's tails in one tokenizer call (a call per row costs more than the tokenizing itself).
@@ -233,6 +263,7 @@ class CompletionOnlyCollator:
         texts = []
         for example, imgs in zip(examples, images):
             with located(example):
-                self.refuse_special_text(example["messages"])
-                texts.append(self.render(prompt_messages(example), len(imgs), add_generation_prompt=True))
+                messages = self.messages_of(example, imgs)
+                self.refuse_special_text(messages)
+                texts.append(self.render(prompt_messages(messages), add_generation_prompt=True))
         return self._process(texts, images if any(images) else None, padding_side="left")

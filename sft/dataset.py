@@ -14,14 +14,15 @@ from pathlib import Path
 
 from datasets import Dataset, Features, Sequence, Value
 
-from sft.collator import CompletionOnlyCollator
+from sft.collator import CompletionOnlyCollator, located
 from sft.errors import UserError
+from sft.messages import text_of, with_text
 from sft.rows import RowError, iter_rows
 
 FEATURES = Features({
     "where": Value("string"),
     "row": Value("int64"),
-    "messages": [{"role": Value("string"), "content": Value("string")}],
+    "messages": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
     "image_paths": Sequence(Value("string")),
 })
 MAX_ERRORS_SHOWN = 20
@@ -67,22 +68,24 @@ def load_rows(path: str | Path, image_root: str | None = None, column_map: dict 
 # ---- fitting rows into max_length -------------------------------------------------------------------------------
 def _shorten_prompt(collator: CompletionOnlyCollator, example: dict, excess: int) -> dict | None:
     """The row with its longest user text cut by about `excess` tokens from its end; None if it cannot shrink."""
-    messages = [dict(m) for m in example["messages"]]
-    users = [m for m in messages if m["role"] == "user"]
+    messages = list(example["messages"])
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
     if not users:
         return None
-    longest = max(users, key=lambda m: len(m["content"]))
-    ids = collator.tokenizer(longest["content"], add_special_tokens=False)["input_ids"]
+    longest = max(users, key=lambda i: len(text_of(messages[i])))
+    ids = collator.tokenizer(text_of(messages[longest]), add_special_tokens=False)["input_ids"]
     keep = len(ids) - excess
     if keep <= 0:
         return None
-    longest["content"] = collator.tokenizer.decode(ids[:keep])
+    messages[longest] = with_text(messages[longest], collator.tokenizer.decode(ids[:keep]))
     return {**example, "messages": messages}
 
 
 def measure(example: dict, collator: CompletionOnlyCollator, max_length: int | None, mode: str) -> dict:
     """Status (`ok`, `truncated`, `dropped`) and token counts of one row; shortened messages when truncated."""
     images = collator.load_images(example)
+    with located(example):
+        example = {**example, "messages": collator.messages_of(example, images)}
     encoded = collator.encode(example, images)
     status = "ok"
     for _ in range(4):  # token counts shift a little after a cut; a few rounds settle it

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from sft.collator import CompletionOnlyCollator
+from sft.messages import text_of
 
 
 def reference(example: dict) -> str | None:
     """The row's expected answer: its final assistant reply (None when the row has none)."""
     last = example["messages"][-1]
-    return last["content"] if last["role"] == "assistant" else None
+    return text_of(last) if last["role"] == "assistant" else None
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:

@@ -18,11 +18,12 @@ from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
 from sft.errors import UserError
+from sft.families import family_for, vision_module_names
 
 # Kept in full precision when the language model is quantized: bitsandbytes' int8 layer fails on the projector's
 # 4-D input on CPU, and quantizing the vision tower and output head costs quality for little memory. Patterns are
 # matched by transformers as a regex from the start of the module name, or as its suffix.
-NOT_QUANTIZED = [".*vision_model", ".*vision_tower", ".*visual", ".*multi_modal_projector", ".*connector", "lm_head"]
+NOT_QUANTIZED = [f".*{name}" for name in vision_module_names()] + ["lm_head"]
 
 
 def is_vision_config(config) -> bool:
@@ -66,8 +67,16 @@ def load_config(model_args: ModelConfig, trust_remote_code: bool = False):
 def load_processing_class(model_args: ModelConfig, trust_remote_code: bool = False):
     """The processor of a vision model, the tokenizer of a text model."""
     config = load_config(model_args, trust_remote_code)
-    loader = AutoProcessor if is_vision_config(config) else AutoTokenizer
-    return loader.from_pretrained(model_args.model_name_or_path, trust_remote_code=trust_remote_code)
+    return load_processor(model_args.model_name_or_path, config, trust_remote_code)
+
+
+def load_processor(path: str, config, trust_remote_code: bool = False):
+    """AutoProcessor (vision) or AutoTokenizer (text) for `path`, with its family's loading arguments."""
+    if not is_vision_config(config):
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    family = family_for(getattr(config, "model_type", None))
+    kwargs = family.processor_kwargs if family else {}
+    return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def _device() -> str:

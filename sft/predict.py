@@ -10,15 +10,13 @@ from sft.dataset import raise_on_errors
 from sft.errors import UserError
 from sft.export import load_base, load_with_adapter
 from sft.generation import exact_match, generate_replies, max_reply_tokens, reference
-from sft.model import is_vision_config
+from sft.model import load_processor
 from sft.recipe import DataArguments
 from sft.rows import RowError, iter_rows
 
 
 def load_for_inference(path: str | Path):
     """(model, processing class, date_string) from a run dir or a merged folder."""
-    from transformers import AutoProcessor, AutoTokenizer
-
     path = Path(path)
     if (path / "adapter_config.json").is_file():
         model, info = load_with_adapter(path)
@@ -29,8 +27,7 @@ def load_for_inference(path: str | Path):
         date_string = None
     else:
         raise UserError(f"{path}: neither a run dir (adapter_config.json) nor a model folder (config.json)")
-    loader = AutoProcessor if is_vision_config(model.config) else AutoTokenizer
-    processing_class = loader.from_pretrained(path)
+    processing_class = load_processor(str(path), model.config)
     return model, processing_class, date_string or DataArguments.date_string
 
 

@@ -17,11 +17,11 @@ import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from sft.errors import UserError
+from sft.families import vision_module_names
 
 # q/k/v/o of the language model only: the vision tower and projector have q/k/v/o too, and PEFT matches a string
-# target as a full regex, so they are excluded by name (Mllama: vision_model, multi_modal_projector; Idefics3:
-# vision_model, connector).
-LANGUAGE_MODEL_ATTENTION = r"^(?!.*(vision|visual|connector|projector)).*\.(q_proj|k_proj|v_proj|o_proj)$"
+# target as a full regex, so they are excluded by the family table's vision module names.
+LANGUAGE_MODEL_ATTENTION = rf"^(?!.*({'|'.join(vision_module_names())})).*\.(q_proj|k_proj|v_proj|o_proj)$"
 
 # The toolkit's defaults where they differ from TRL's (a recipe or the command line overrides each).
 TOOLKIT_DEFAULTS = {

@@ -2,7 +2,8 @@
 
 Shapes (shared/DESIGN.md): instruction `{instruction, input?, output}`, prompt-completion `{prompt, completion}`,
 conversation `{messages: [{role, content}]}`; any may carry `image` or `images`. Every problem is reported as
-`file:line: what is wrong`, and reading goes on so that one pass shows every bad row.
+`file:line: what is wrong`, and reading goes on so that one pass shows every bad row. Messages come out in the
+one form of sft/messages.py (content as text/image parts, images placed).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sft.errors import UserError
+from sft.messages import with_images
 
 ROLES = ("system", "user", "assistant")
 MAX_LINE_BYTES = 8 * 2**20  # a longer line is refused without being held in memory
@@ -106,6 +108,8 @@ def _image_paths(row: dict, root: Path, names: dict[str, str]) -> list[str]:
         raise ValueError(f'"{name}" must be a path or a list of paths, got {_describe(value)}')
     paths = []
     for v in values:
+        if any(c in v for c in "\r\n"):
+            raise ValueError(f"image path has a line break: {v!r}")
         path = Path(v) if Path(v).is_absolute() else root / v
         if path.is_dir():
             raise ValueError(f"image path is a folder: {path}")
@@ -150,9 +154,10 @@ def iter_rows(path: str | Path, image_root: str | Path | None = None, column_map
                 if theirs in row:
                     row[standard] = row.pop(theirs)
             try:
-                yield {"where": where, "row": number, "messages": _messages(row, names, require_reply),
-                       "image_paths": _image_paths(row, root, names)}
-            except ValueError as exc:
+                paths = _image_paths(row, root, names)
+                yield {"where": where, "row": number, "image_paths": paths,
+                       "messages": with_images(_messages(row, names, require_reply), len(paths))}
+            except (ValueError, UserError) as exc:
                 yield RowError(where, str(exc))
 
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoProcessor
+from transformers import AutoConfig
 
 from sft.collator import CompletionOnlyCollator
 from sft.errors import UserError
 from sft.export import export_adapter, load_base, load_with_adapter, merge
+from sft.model import load_processor
 from sft.predict import predict
 from sft.recipe import load_recipe
 from sft.train import main as train
@@ -33,10 +34,10 @@ def run_dir(tiny_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def inputs(run_dir, tmp_path_factory):
+def inputs(run_dir, tiny_models, tmp_path_factory):
     """One batch with an image row and one text-only row, built by the training collator."""
     image = write_image(tmp_path_factory.mktemp("img") / "a.png", (230, 60, 30))
-    collator = CompletionOnlyCollator(AutoProcessor.from_pretrained(run_dir))
+    collator = CompletionOnlyCollator(load_processor(str(run_dir), AutoConfig.from_pretrained(tiny_models["mllama"])))
     rows = [{"messages": [{"role": "user", "content": "What element is shown?"},
                           {"role": "assistant", "content": "fire"}], "image_paths": [str(image)]},
             {"messages": [{"role": "user", "content": "Define a beam."},

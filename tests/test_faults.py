@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 
 from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
 from sft.errors import UserError
+from sft.messages import text_of
 from sft.recipe import load_recipe
 from sft.rows import MAX_LINE_BYTES, RowError, iter_rows, load_image
 from sft.train import main as train
@@ -187,7 +188,7 @@ def test_any_row_is_accepted_with_the_contract_or_refused_in_one_line(llama_coll
         assert str(exc).startswith(f"{path}:1: ") and "\n" not in str(exc)
         return
     supervised = batch["input_ids"][0][batch["labels"][0] != IGNORE_INDEX]
-    expected = "".join(m["content"].strip() + "<|eot_id|>" for m in item["messages"] if m["role"] == "assistant")
+    expected = "".join(text_of(m).strip() + "<|eot_id|>" for m in item["messages"] if m["role"] == "assistant")
     assert llama_collator.tokenizer.decode(supervised) == expected
     assert torch.equal(batch["labels"][0][batch["attention_mask"][0] == 0],
                        torch.full_like(batch["labels"][0][batch["attention_mask"][0] == 0], IGNORE_INDEX))

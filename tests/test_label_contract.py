@@ -10,10 +10,11 @@ import functools
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
 from sft.dataset import measure
+from sft.model import load_processor
 from tests.conftest import write_image
 
 END_OF_TURN = {"llama": "<|eot_id|>", "mllama": "<|eot_id|>", "idefics3": "<end_of_utterance>"}
@@ -36,7 +37,7 @@ CASES = [(family, image, shape) for family in ("llama", "mllama", "idefics3") fo
 @functools.cache
 def load(model_dir: str):
     is_text = "llama" == model_dir.rsplit("/", 1)[-1]
-    processing_class = (AutoTokenizer if is_text else AutoProcessor).from_pretrained(model_dir)
+    processing_class = load_processor(model_dir, AutoConfig.from_pretrained(model_dir))
     model = (AutoModelForCausalLM if is_text else AutoModelForImageTextToText).from_pretrained(model_dir)
     return processing_class, model.eval()
 

@@ -92,7 +92,7 @@ def test_real_processor_row_too_long_gets_its_prompt_shortened_not_its_reply(tmp
 def test_llama_template_date_is_pinned_so_a_row_renders_the_same_any_day():
     processor, _ = real("llama")
     collator = CompletionOnlyCollator(processor, date_string="26 Jul 2024")
-    text = collator.render(SHAPES["prompt_completion"], n_images=0)
+    text = collator.render(SHAPES["prompt_completion"])
     assert "Today Date: 26 Jul 2024" in text
 
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from sft.messages import text_of
 from sft.rows import RowError, iter_rows
 from tests.conftest import write_image, write_jsonl
 
 
 def rows_of(path, **kwargs):
     return list(iter_rows(path, **kwargs))
+
+
+def text(role: str, content: str) -> dict:
+    return {"role": role, "content": [{"type": "text", "text": content}]}
 
 
 def test_instruction_row_joins_instruction_and_input_with_a_blank_line(tmp_path):
@@ -19,10 +24,9 @@ def test_instruction_row_joins_instruction_and_input_with_a_blank_line(tmp_path)
         {"instruction": "Define beam.", "output": "A load carrier."},
     ])
     first, second, third = rows_of(path)
-    assert first["messages"] == [{"role": "user", "content": "Define the term.\n\nrebar"},
-                                 {"role": "assistant", "content": "A steel bar."}]
-    assert second["messages"][0]["content"] == "Define formwork."
-    assert third["messages"][0]["content"] == "Define beam."
+    assert first["messages"] == [text("user", "Define the term.\n\nrebar"), text("assistant", "A steel bar.")]
+    assert text_of(second["messages"][0]) == "Define formwork."
+    assert text_of(third["messages"][0]) == "Define beam."
     assert (first["row"], first["where"]) == (1, f"{path}:1")
 
 
@@ -34,7 +38,7 @@ def test_prompt_completion_and_messages_rows(tmp_path):
                       {"role": "assistant", "content": "d"}]},
     ])
     pc, conv = rows_of(path)
-    assert pc["messages"] == [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]
+    assert pc["messages"] == [text("user", "Say hi"), text("assistant", "hi")]
     assert [m["role"] for m in conv["messages"]] == ["system", "user", "assistant", "user", "assistant"]
 
 
@@ -42,7 +46,8 @@ def test_column_map_renames_target_to_completion_and_images_resolve_against_the_
     write_image(tmp_path / "img" / "a.png")
     path = write_jsonl(tmp_path / "d.jsonl", [{"image": "img/a.png", "prompt": "What?", "target": "water"}])
     (row,) = rows_of(path, column_map={"completion": "target"})
-    assert row["messages"][-1] == {"role": "assistant", "content": "water"}
+    assert row["messages"][-1] == text("assistant", "water")
+    assert row["messages"][0]["content"][0] == {"type": "image", "text": ""}  # images open the first user turn
     assert row["image_paths"] == [str(tmp_path / "img" / "a.png")]
 
 

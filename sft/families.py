@@ -1,0 +1,59 @@
+"""What differs per model family, as data: one entry a family, read by the collator, the model loader and the plan.
+
+The label contract (shared/DESIGN.md) is the same for all of them and lives in sft/collator.py; what is here is
+only what cannot be read off the processor or the config: which module names are the vision side (never LoRA'd,
+never quantized), what the chat template writes for an image when that is not `processor.image_token`, how the
+processor must be loaded, and, for the README and the tests, the token that closes an assistant turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family."""
+
+    name: str
+    model_types: tuple[str, ...]  # config.model_type values of its checkpoints
+    example: str  # a hub id of the family
+    closing: str  # what ends a supervised assistant turn (documentation and tests)
+    vision_modules: tuple[str, ...] = ()  # module-name parts of the vision tower and projector
+    extra_inputs: tuple[str, ...] = ()  # processor tensors beyond input_ids, attention_mask and pixel_values
+    image_marker: str | None = None  # what the template writes per image, when it is not processor.image_token
+    processor_kwargs: dict = field(default_factory=dict)  # extra arguments to AutoProcessor.from_pretrained
+
+
+FAMILIES = (
+    Family("llama", ("llama",), "meta-llama/Llama-3.2-1B-Instruct", "<|eot_id|>"),
+    Family("mllama", ("mllama",), "meta-llama/Llama-3.2-11B-Vision-Instruct", "<|eot_id|>",
+           vision_modules=("vision_model", "multi_modal_projector"),
+           extra_inputs=("cross_attention_mask", "aspect_ratio_ids", "aspect_ratio_mask"),
+           # transformers 5.23's torchvision MllamaImageProcessor returns one aspect_ratio_ids row for a batch of
+           # an image row and a text row (pixel_values has two); the PIL one returns two.
+           processor_kwargs={"backend": "pil"}),
+    Family("idefics3", ("idefics3", "smolvlm"), "HuggingFaceTB/SmolVLM-256M-Instruct", "<end_of_utterance>",
+           vision_modules=("vision_model", "connector"), extra_inputs=("pixel_attention_mask",)),
+)
+
+BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
+
+
+def family_for(model_type: str | None) -> Family | None:
+    """The family of a checkpoint's `config.model_type` (None for one the table does not know)."""
+    return BY_MODEL_TYPE.get(model_type or "")
+
+
+def vision_module_names() -> list[str]:
+    """Every family's vision-side module-name parts (kept out of LoRA and quantization)."""
+    return sorted({name for family in FAMILIES for name in family.vision_modules})
+
+
+def family_for_processor(processor) -> Family | None:
+    """The family whose checkpoints use this processor class (transformers' own model-type → processor table)."""
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    name = type(processor).__name__
+    return next((family for family in FAMILIES for model_type in family.model_types
+                 if PROCESSOR_MAPPING_NAMES.get(model_type) == name), None)

@@ -1,0 +1,53 @@
+"""Chat messages in the one form every step after the data rows uses.
+
+A message is `{"role", "content"}` with `content` a list of parts, `{"type": "text", "text": str}` or
+`{"type": "image", "text": ""}` (the empty text keeps one Arrow schema for both), image parts standing where the
+row's images go, in order. A plain string content is accepted and read as one text part.
+"""
+
+from __future__ import annotations
+
+from sft.errors import UserError
+
+
+def parts_of(content) -> list[dict]:
+    """The content as a list of parts."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [{"type": part["type"], "text": part.get("text") or ""} for part in content]
+
+
+def text_of(message: dict) -> str:
+    """All the text of a message (its image parts left out)."""
+    return "".join(part["text"] for part in parts_of(message["content"]) if part["type"] == "text")
+
+
+def image_count(messages: list[dict]) -> int:
+    return sum(part["type"] == "image" for m in messages for part in parts_of(m["content"]))
+
+
+def with_images(messages: list[dict], n_images: int) -> list[dict]:
+    """Messages as parts, holding exactly `n_images` image parts: a row that places none gets them at the start of
+    its first user turn (as TRL and LLaMA-Factory do); one that places a different number is refused."""
+    out = [{"role": m["role"], "content": parts_of(m["content"])} for m in messages]
+    placed = image_count(out)
+    if placed == 0 and n_images:
+        first_user = next((m for m in out if m["role"] == "user"), None)
+        if first_user is None:
+            raise UserError(f"{n_images} image(s) but no user turn to put them in")
+        first_user["content"] = [{"type": "image", "text": ""}] * n_images + first_user["content"]
+    elif placed != n_images:
+        raise UserError(f"the messages place {placed} image(s) but the row has {n_images}")
+    return out
+
+
+def with_text(message: dict, text: str) -> dict:
+    """The message with its text replaced by `text` (in its first text part), its images kept in place."""
+    parts, done = [], False
+    for part in parts_of(message["content"]):
+        if part["type"] == "text":
+            if done:
+                continue
+            part, done = {"type": "text", "text": text}, True
+        parts.append(part)
+    return {**message, "content": parts if done else parts + [{"type": "text", "text": text}]}
