@@ -35,6 +35,19 @@ FAMILIES = (
            processor_kwargs={"backend": "pil"}),
     Family("idefics3", ("idefics3", "smolvlm"), "HuggingFaceTB/SmolVLM-256M-Instruct", "<end_of_utterance>",
            vision_modules=("vision_model", "connector"), extra_inputs=("pixel_attention_mask",)),
+    # Qwen-VL: the vision tower and its patch merger (the projector) both live under `model.visual`; the template
+    # writes `<|vision_start|><|image_pad|><|vision_end|>` per image, one `<|image_pad|>` (processor.image_token)
+    # that the processor expands to the image's patch count. mm_token_type_ids marks those tokens for M-RoPE.
+    Family("qwen2_vl", ("qwen2_vl",), "Qwen/Qwen2-VL-2B-Instruct", "<|im_end|>",
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids")),
+    Family("qwen2_5_vl", ("qwen2_5_vl",), "Qwen/Qwen2.5-VL-3B-Instruct", "<|im_end|>",
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids")),
+    Family("qwen3_vl", ("qwen3_vl",), "Qwen/Qwen3-VL-2B-Instruct", "<|im_end|>",
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids")),
+    # Qwen3.5 (thinking on or off by its template): the closing token is the same; with thinking on, the last
+    # reply's supervised text starts with the rest of the empty thinking block ("\n</think>\n\n").
+    Family("qwen3_5", ("qwen3_5",), "Qwen/Qwen3.5-2B", "<|im_end|>",
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids")),
 )
 
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
