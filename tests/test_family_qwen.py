@@ -190,8 +190,9 @@ def test_lora_hits_only_language_attention_and_no_vision_module_is_quantized(qwe
     _, model = load(str(qwen_models[variant]))
     config = model.config.get_text_config()
     targets = [name for name, _ in lora_targets(model, LANGUAGE_MODEL_ATTENTION)]
-    attention_layers = sum(kind == "full_attention" for kind in (getattr(config, "layer_types", None) or ["full_attention"] * 2))
-    assert len(targets) == 4 * attention_layers  # q, k, v, o of each attention layer; Gated DeltaNet layers have none
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    attention_layers = layer_types.count("full_attention")
+    assert len(targets) == 4 * attention_layers  # q, k, v, o per attention layer; Gated DeltaNet layers have none
     assert all(name.startswith("model.language_model.layers.") and name.endswith(("q_proj", "k_proj", "v_proj",
                                                                                   "o_proj")) for name in targets)
     vision = [name for name, module in model.named_modules()

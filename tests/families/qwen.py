@@ -100,7 +100,8 @@ def _model_and_processor(name: str, tok):
             text_config=_text(tok, rope_parameters=mrope),
             vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=patch),
             **_vision_ids(tok))
-        model, processor_class, video_class = Qwen2VLForConditionalGeneration(config), Qwen2VLProcessor, Qwen2VLVideoProcessor
+        model, processor_class, video_class = (Qwen2VLForConditionalGeneration(config), Qwen2VLProcessor,
+                                               Qwen2VLVideoProcessor)
     elif name == "qwen2_5_vl":
         patch = 14
         config = Qwen2_5_VLConfig(
@@ -117,7 +118,8 @@ def _model_and_processor(name: str, tok):
             vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                                patch_size=patch, num_position_embeddings=64, deepstack_visual_indexes=[0]),
             **_vision_ids(tok))
-        model, processor_class, video_class = Qwen3VLForConditionalGeneration(config), Qwen3VLProcessor, Qwen3VLVideoProcessor
+        model, processor_class, video_class = (Qwen3VLForConditionalGeneration(config), Qwen3VLProcessor,
+                                               Qwen3VLVideoProcessor)
     else:  # qwen3_5: one Gated DeltaNet (linear attention) layer, then one full-attention layer, as 3 : 1 is shipped
         patch = 16
         config = Qwen3_5Config(
@@ -128,7 +130,8 @@ def _model_and_processor(name: str, tok):
             vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                                patch_size=patch, num_position_embeddings=64),
             **_vision_ids(tok))
-        model, processor_class, video_class = Qwen3_5ForConditionalGeneration(config), Qwen3VLProcessor, Qwen3VLVideoProcessor
+        model, processor_class, video_class = (Qwen3_5ForConditionalGeneration(config), Qwen3VLProcessor,
+                                               Qwen3VLVideoProcessor)
     size = {"shortest_edge": TINY_IMAGE_PIXELS // 2, "longest_edge": TINY_IMAGE_PIXELS}
     image_processor = Qwen2VLImageProcessor(patch_size=patch, merge_size=2, size=size)
     video_processor = video_class(patch_size=patch, merge_size=2, size=size)
