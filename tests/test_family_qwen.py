@@ -19,7 +19,7 @@ from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
 from sft.dataset import measure
 from sft.errors import UserError
 from sft.families import family_for_processor
-from sft.generation import exact_match, generate_replies, reference
+from sft.generation import answer_of, exact_match, generate_replies, reference
 from sft.model import load_processor
 from sft.plan import _is_quantized, lora_targets
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
@@ -171,6 +171,15 @@ def test_generation_from_left_padded_image_and_text_prompts(qwen_models, tmp_pat
     alone = generate_replies(model, collator, rows[:1], max_new_tokens=4)
     assert alone[0] == replies[0]
     assert exact_match(replies, [reference(r) for r in rows]) in (0.0, 0.5, 1.0)
+
+
+def test_a_thinking_reply_is_scored_on_the_text_after_its_thinking_block(qwen_models):
+    processor, _ = load(str(qwen_models["qwen3_5_think"]))
+    family = family_for_processor(processor)
+    # What greedy decoding gives after the thinking-on prompt `<think>\n` (`</think>` is not a special token).
+    assert answer_of("\n</think>\n\nwater", family) == "water"
+    assert answer_of("water", family) == "water"
+    assert answer_of("\n</think>\n\nwater", None) == "</think>\n\nwater"
 
 
 # ---- training ---------------------------------------------------------------------------------------------------
