@@ -15,16 +15,19 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
+from sft.cli import main as sft
 from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
 from sft.dataset import measure
 from sft.errors import UserError
+from sft.export import export_adapter, load_base, load_with_adapter, merge
 from sft.families import family_for_processor
 from sft.generation import answer_of, exact_match, generate_replies, reference
 from sft.model import load_processor
-from sft.plan import _is_quantized, lora_targets
+from sft.plan import _is_quantized, build_on_meta, lora_targets, make_plan
+from sft.predict import predict
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
 from sft.train import main as train
-from tests.conftest import write_image
+from tests.conftest import REPO, write_image, write_jsonl, write_recipe
 from tests.families.qwen import TEMPLATES, VARIANTS, build_qwen
 from tests.test_label_contract import SHAPES, supervised_text
 from tests.test_training import recipe_for
@@ -211,3 +214,86 @@ def test_lora_hits_only_language_attention_and_no_vision_module_is_quantized(qwe
                 if isinstance(module, torch.nn.Linear) and name.startswith("model.language_model.")]
     assert language and all(_is_quantized(name) for name in language)
     assert not _is_quantized("lm_head")
+
+
+# ---- shipped configs and recipe ---------------------------------------------------------------------------------
+QWEN2_5_VL_7B_RECIPE = REPO / "recipes/qwen2_5_vl_7b_lora.yaml"
+
+
+def lora_count(r: int, layers: int, hidden: int, q_out: int, kv_out: int) -> int:
+    """LoRA parameters on q/k/v/o: each adds r x (in + out)."""
+    return layers * r * ((hidden + q_out) + 2 * (hidden + kv_out) + (q_out + hidden))
+
+
+def test_qwen2_5_vl_7b_recipe_plan_counts_match_the_architecture(tmp_path):
+    plan = make_plan(load_recipe(QWEN2_5_VL_7B_RECIPE))
+    assert plan.architecture == "Qwen2_5_VLForConditionalGeneration"
+    assert plan.total_params == 8_292_166_656  # the hub's "8.29B params"
+    # 28 layers, hidden 3584, 28 query heads and 4 key/value heads of 128.
+    assert plan.lora_params == lora_count(16, 28, 3584, 3584, 512) == 10_092_544
+    assert plan.quantized_params == 0 and plan.fits
+
+
+def test_qwen3_vl_8b_plan_from_the_shipped_config(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", model_name_or_path="Qwen/Qwen3-VL-8B-Instruct",
+                                      train_file="t.jsonl", load_in_4bit=True, dtype="bfloat16"))
+    plan = make_plan(recipe)
+    assert plan.architecture == "Qwen3VLForConditionalGeneration"
+    assert plan.total_params == 8_767_123_696  # the hub's "8.77B params"
+    # 36 layers, hidden 4096, 32 query heads and 8 key/value heads of 128.
+    assert plan.lora_params == lora_count(8, 36, 4096, 4096, 1024) == 7_667_712
+    # 4-bit covers the language model's linear layers only: none of the vision tower (`visual`), nor lm_head.
+    model, _ = build_on_meta("Qwen/Qwen3-VL-8B-Instruct")
+    language = sum(m.weight.numel() for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and n.startswith("model.language_model."))
+    assert plan.quantized_params == language
+
+
+def test_qwen2_5_vl_7b_recipe_dry_run_checks_rows_with_a_qwen2_5_vl_processor(qwen_models, tmp_path, capsys):
+    rows = [{"image": f"{i}.png", "prompt": "What element is shown?", "target": label}
+            for i, label in enumerate(["water", "fire"])]
+    for i in range(2):
+        write_image(tmp_path / f"{i}.png")
+    train_file, eval_file = write_jsonl(tmp_path / "train.jsonl", rows), write_jsonl(tmp_path / "val.jsonl", rows)
+    args = ["train", str(QWEN2_5_VL_7B_RECIPE), "--dry-run",
+            "--accelerate-config", str(REPO / "accelerate_configs/single_gpu.yaml"),
+            "--train_file", str(train_file), "--eval_file", str(eval_file),
+            "--model_name_or_path", str(qwen_models["qwen2_5_vl"])]
+    assert sft(args) == 0
+    out = capsys.readouterr().out
+    assert "accelerate config" in out and out.count("2 rows, 2 ok") == 2 and "0 bad" in out
+
+
+# ---- export, merge, predict -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def qwen_run(qwen_models, tmp_path_factory):
+    """A short 8-bit LoRA run on the tiny Qwen2.5-VL (image rows)."""
+    tmp = tmp_path_factory.mktemp("qwen_export")
+    train(load_recipe(recipe_for(tmp, qwen_models["qwen2_5_vl"], True, load_in_8bit=True, learning_rate=5e-3,
+                                 max_length=128)))
+    return tmp / "run"
+
+
+def test_qwen2_5_vl_merged_logits_equal_base_plus_adapter_and_predict_agrees(qwen_run, qwen_models, tmp_path):
+    image = write_image(tmp_path / "a.png", (230, 60, 30))
+    base_config = AutoConfig.from_pretrained(qwen_models["qwen2_5_vl"])
+    collator = CompletionOnlyCollator(load_processor(str(qwen_run), base_config))
+    rows = [example(tmp_path, SHAPES["prompt_completion"], False) | {"image_paths": [str(image)]},
+            example(tmp_path, SHAPES["multi_turn"], False)]
+    batches = [{k: v for k, v in collator([row]).items() if k != "labels"} for row in rows]
+    unmerged, _ = load_with_adapter(qwen_run, torch.float32)
+    merged_dir = merge(qwen_run, tmp_path / "merged", dtype="fp32")
+    merged, _ = load_base(str(merged_dir), torch.float32)
+    base, _ = load_base(str(qwen_models["qwen2_5_vl"]), torch.float32)
+    with torch.no_grad():
+        for batch in batches:
+            expected = unmerged(**batch).logits
+            assert (expected - merged.eval()(**batch).logits).abs().max().item() <= 1e-4
+            assert (expected - base.eval()(**batch).logits).abs().max().item() > 1e-2  # the adapter learnt something
+
+    exported = export_adapter(qwen_run, tmp_path / "export")
+    assert (exported / "adapter_model.safetensors").is_file() and (exported / "chat_template.jinja").is_file()
+    data = qwen_run.parent / "val.jsonl"
+    from_run = predict(qwen_run, data, tmp_path / "a.jsonl", column_map={"completion": "target"})
+    from_merged = predict(merged_dir, data, tmp_path / "b.jsonl", column_map={"completion": "target"})
+    assert from_run["predictions"] == from_merged["predictions"] and from_run["scored"] == 4
