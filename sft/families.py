@@ -23,6 +23,7 @@ class Family:
     extra_inputs: tuple[str, ...] = ()  # processor tensors beyond input_ids, attention_mask and pixel_values
     image_marker: str | None = None  # what the template writes per image, when it is not processor.image_token
     processor_kwargs: dict = field(default_factory=dict)  # extra arguments to AutoProcessor.from_pretrained
+    reasoning_end: str | None = None  # a non-special token that ends a thinking block; the answer follows it
 
 
 FAMILIES = (
@@ -35,6 +36,21 @@ FAMILIES = (
            processor_kwargs={"backend": "pil"}),
     Family("idefics3", ("idefics3", "smolvlm"), "HuggingFaceTB/SmolVLM-256M-Instruct", "<end_of_utterance>",
            vision_modules=("vision_model", "connector"), extra_inputs=("pixel_attention_mask",)),
+    # Qwen-VL: the vision tower and its patch merger (the projector) both live under `model.visual`; the template
+    # writes `<|vision_start|><|image_pad|><|vision_end|>` per image, one `<|image_pad|>` (processor.image_token)
+    # that the processor expands to the image's patch count. mm_token_type_ids marks those tokens for M-RoPE.
+    Family("qwen2_vl", ("qwen2_vl",), "Qwen/Qwen2-VL-2B-Instruct", "<|im_end|>",
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids")),
+    Family("qwen2_5_vl", ("qwen2_5_vl",), "Qwen/Qwen2.5-VL-3B-Instruct", "<|im_end|>",
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids")),
+    # Qwen3-VL shares Qwen3VLProcessor with Qwen3.5 (so family_for_processor finds this entry for both) and has
+    # -Thinking checkpoints; `</think>` is an ordinary added token, so decoding keeps it and what came before it.
+    Family("qwen3_vl", ("qwen3_vl",), "Qwen/Qwen3-VL-2B-Instruct", "<|im_end|>",
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>"),
+    # Qwen3.5 (thinking on or off by its template): the closing token is the same; with thinking on, the last
+    # reply's supervised text starts with the rest of the empty thinking block ("\n</think>\n\n").
+    Family("qwen3_5", ("qwen3_5",), "Qwen/Qwen3.5-2B", "<|im_end|>",
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>"),
 )
 
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from sft.collator import CompletionOnlyCollator
+from sft.families import Family, family_for_processor
 from sft.messages import text_of
 
 
@@ -12,6 +13,14 @@ def reference(example: dict) -> str | None:
     """The row's expected answer: its final assistant reply (None when the row has none)."""
     last = example["messages"][-1]
     return text_of(last) if last["role"] == "assistant" else None
+
+
+def answer_of(generated: str, family: Family | None) -> str:
+    """The answer in a decoded generation: for a family that thinks first (Qwen3.5's `<think>` block), the text after
+    the last `reasoning_end`, as its chat template stores a reply; whitespace stripped."""
+    if family is not None and family.reasoning_end:
+        generated = generated.rsplit(family.reasoning_end, 1)[-1]
+    return generated.strip()
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
@@ -29,6 +38,7 @@ def generate_replies(model, collator: CompletionOnlyCollator, examples: list[dic
     model.eval()
     device = next(model.parameters()).device
     tokenizer = collator.tokenizer
+    family = family_for_processor(collator.processing_class) if collator.is_processor else None
     replies = []
     try:
         for start in range(0, len(examples), batch_size):
@@ -36,7 +46,8 @@ def generate_replies(model, collator: CompletionOnlyCollator, examples: list[dic
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tokenizer.pad_token_id)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            replies += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            replies += [answer_of(text, family) for text in decoded]
     finally:
         model.train(was_training)
     return replies
