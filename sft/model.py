@@ -101,7 +101,35 @@ def load_model(model_args: ModelConfig, gradient_checkpointing: bool = False, tr
     model = model_class_for(config).from_pretrained(model_args.model_name_or_path, **kwargs)
     if quantization is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    cast_images_to_vision_dtype(model)
     return model
+
+
+def cast_images_to_vision_dtype(model: torch.nn.Module) -> None:
+    """Floating-point inputs of each vision tower (pixel values) arrive in the tower's own dtype.
+
+    transformers 5.23's Llama4ImageProcessor always returns bfloat16 pixel_values (as Meta's reference code does),
+    so a vision tower held in float32 (a float32 run, or one kept out of 4-bit and upcast by PEFT's
+    prepare_model_for_kbit_training) fails with "expected m1 and m2 to have the same dtype". Most families cast
+    inside their model; this does it once for all, before the tower's first layer."""
+    names = set(vision_module_names())
+
+    def cast(value, dtype):
+        return value.to(dtype) if torch.is_tensor(value) and value.is_floating_point() else value
+
+    hooked: list[str] = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] not in names or any(name.startswith(f"{outer}.") for outer in hooked):
+            continue
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+        if dtype is None:
+            continue
+        hooked.append(name)
+        module.register_forward_pre_hook(
+            lambda _, args, kwargs, dtype=dtype: (tuple(cast(a, dtype) for a in args),
+                                                  {k: cast(v, dtype) for k, v in kwargs.items()}),
+            with_kwargs=True,
+        )
 
 
 def lora_config(model_args: ModelConfig) -> LoraConfig | None:
