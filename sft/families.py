@@ -35,6 +35,17 @@ FAMILIES = (
            processor_kwargs={"backend": "pil"}),
     Family("idefics3", ("idefics3", "smolvlm"), "HuggingFaceTB/SmolVLM-256M-Instruct", "<end_of_utterance>",
            vision_modules=("vision_model", "connector"), extra_inputs=("pixel_attention_mask",)),
+    # The template writes <IMG_CONTEXT> per image (processor.image_token), expanded to <img> + tiles + </img>.
+    Family("internvl3", ("internvl",), "OpenGVLab/InternVL3-1B-hf", "<|im_end|>",
+           vision_modules=("vision_tower", "multi_modal_projector")),
+    # The template writes [IMG] per image; PixtralProcessor expands it to rows of [IMG] + [IMG_BREAK] ... [IMG_END]
+    # and returns image_sizes, which the vision tower needs to cut each image's patches back out.
+    Family("mistral3", ("mistral3",), "mistralai/Mistral-Small-3.1-24B-Instruct-2503", "</s>",
+           vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("image_sizes",)),
+    # The template writes <|image|> per image; Llama4Processor expands it to tiles of <|patch|> and drops its
+    # aspect_ratios (not a model input).
+    Family("llama4", ("llama4",), "meta-llama/Llama-4-Scout-17B-16E-Instruct", "<|eot|>",
+           vision_modules=("vision_model", "multi_modal_projector")),
 )
 
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
