@@ -24,13 +24,14 @@ from sft.model import NOT_QUANTIZED, load_model, load_processor
 from sft.plan import _is_quantized, lora_targets
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
 from sft.train import main as train
-from tests.conftest import REAL_PROCESSORS, write_image
+from tests.conftest import write_image
 from tests.families.misc import BUILDERS, TEMPLATES, build
 from tests.test_label_contract import SHAPES, supervised_text
 from tests.test_training import recipe_for
 
 pytestmark = pytest.mark.skipif(TEMPLATES is None, reason="shared/fixtures/chat-templates beside the repo is absent")
 NAMES = list(BUILDERS)
+SMOLVLM = TEMPLATES.parent / "real-processors" / "SmolVLM-256M-Instruct" if TEMPLATES else Path("absent")
 CLOSING = {"internvl": "<|im_end|>", "mistral3": "</s>", "llama4": "<|eot|>"}  # issue #9's expected supervision
 TABLE_NAME = {"internvl": "internvl3", "mistral3": "mistral3", "llama4": "llama4"}
 # Tensors with one entry per token: they must match input_ids in batch and length.
@@ -210,17 +211,17 @@ def test_missing_torchvision_is_one_line_naming_it_and_its_pip_command(misc_mode
                                    "which is not installed; install it with: pip install torchvision"]
 
 
-@pytest.mark.skipif(not REAL_PROCESSORS.is_dir(), reason=f"{REAL_PROCESSORS} is absent")
+@pytest.mark.skipif(not SMOLVLM.is_dir(), reason=f"{SMOLVLM} is absent")
 def test_missing_num2words_is_one_line_naming_it_and_its_pip_command(tmp_path):
     """SmolVLM2's processor class around the real SmolVLM-256M tokenizer and image processor."""
     from transformers import AutoProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
 
-    real = AutoProcessor.from_pretrained(REAL_PROCESSORS / "SmolVLM-256M-Instruct")
+    real = AutoProcessor.from_pretrained(SMOLVLM)
     folder = tmp_path / "smolvlm2"
     SmolVLMProcessor(image_processor=real.image_processor, tokenizer=real.tokenizer,
                      video_processor=SmolVLMVideoProcessor(), image_seq_len=real.image_seq_len,
                      chat_template=real.chat_template).save_pretrained(folder)
-    AutoConfig.from_pretrained(REAL_PROCESSORS / "SmolVLM-256M-Instruct").save_pretrained(folder)
+    AutoConfig.from_pretrained(SMOLVLM).save_pretrained(folder)
     result = run_without("num2words", recipe_for(tmp_path, folder, with_images=True))
     assert result.returncode == 2, result.stderr
     assert error_lines(result) == [f"error: {folder}: the processor needs the package 'num2words', "
