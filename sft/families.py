@@ -51,6 +51,17 @@ FAMILIES = (
     # reply's supervised text starts with the rest of the empty thinking block ("\n</think>\n\n").
     Family("qwen3_5", ("qwen3_5",), "Qwen/Qwen3.5-2B", "<|im_end|>",
            vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>"),
+    # The template writes <IMG_CONTEXT> per image (processor.image_token), expanded to <img> + tiles + </img>.
+    Family("internvl3", ("internvl",), "OpenGVLab/InternVL3-1B-hf", "<|im_end|>",
+           vision_modules=("vision_tower", "multi_modal_projector")),
+    # The template writes [IMG] per image; PixtralProcessor expands it to rows of [IMG] + [IMG_BREAK] ... [IMG_END]
+    # and returns image_sizes, which the vision tower needs to cut each image's patches back out.
+    Family("mistral3", ("mistral3",), "mistralai/Mistral-Small-3.1-24B-Instruct-2503", "</s>",
+           vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("image_sizes",)),
+    # The template writes <|image|> per image; Llama4Processor expands it to tiles of <|patch|> and drops its
+    # aspect_ratios (not a model input).
+    Family("llama4", ("llama4",), "meta-llama/Llama-4-Scout-17B-16E-Instruct", "<|eot|>",
+           vision_modules=("vision_model", "multi_modal_projector")),
 )
 
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}

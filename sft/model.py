@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -70,13 +71,45 @@ def load_processing_class(model_args: ModelConfig, trust_remote_code: bool = Fal
     return load_processor(model_args.model_name_or_path, config, trust_remote_code)
 
 
+# Optional packages that transformers 5.23 asks for when a processor loads, as its error messages name them, and the
+# command that installs each (torchvision: video processors, Pixtral's and Llama 4's image processors; num2words:
+# SmolVLM2's processor).
+OPTIONAL_PACKAGES = {"torchvision": "pip install torchvision", "num2words": "pip install num2words",
+                     "timm": "pip install timm", "decord": "pip install decord",
+                     "sentencepiece": "pip install sentencepiece", "protobuf": "pip install protobuf",
+                     "tiktoken": "pip install tiktoken", "einops": "pip install einops"}
+
+
+def missing_package(exc: Exception) -> str | None:
+    """The optional package an error from transformers says is missing: an ImportError's module, or the package its
+    message names (an image processor class with no backend available is a ValueError: "Missing optional
+    dependencies: torchvision")."""
+    named = re.search(r"Missing optional dependencies: (\w[\w-]*)", str(exc))
+    if named:
+        return named.group(1)
+    if not isinstance(exc, ImportError):
+        return None
+    if exc.name and exc.name.split(".")[0] in OPTIONAL_PACKAGES:
+        return exc.name.split(".")[0]
+    words = set(re.findall(r"[a-z0-9_]+", str(exc).lower()))
+    return next((package for package in OPTIONAL_PACKAGES if package in words), exc.name)
+
+
 def load_processor(path: str, config, trust_remote_code: bool = False):
     """AutoProcessor (vision) or AutoTokenizer (text) for `path`, with its family's loading arguments."""
-    if not is_vision_config(config):
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    family = family_for(getattr(config, "model_type", None))
-    kwargs = family.processor_kwargs if family else {}
-    return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    try:
+        if not is_vision_config(config):
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        family = family_for(getattr(config, "model_type", None))
+        kwargs = family.processor_kwargs if family else {}
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    except (ImportError, ValueError) as exc:  # transformers raises these from the processor class it loads
+        package = missing_package(exc)
+        if package is None:
+            raise
+        install = OPTIONAL_PACKAGES.get(package, f"pip install {package}")
+        raise UserError(f"{path}: the processor needs the package {package!r}, which is not installed; "
+                        f"install it with: {install}") from None
 
 
 def _device() -> str:
@@ -101,7 +134,35 @@ def load_model(model_args: ModelConfig, gradient_checkpointing: bool = False, tr
     model = model_class_for(config).from_pretrained(model_args.model_name_or_path, **kwargs)
     if quantization is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    cast_images_to_vision_dtype(model)
     return model
+
+
+def cast_images_to_vision_dtype(model: torch.nn.Module) -> None:
+    """Floating-point inputs of each vision tower (pixel values) arrive in the tower's own dtype.
+
+    transformers 5.23's Llama4ImageProcessor always returns bfloat16 pixel_values (as Meta's reference code does),
+    so a vision tower held in float32 (a float32 run, or one kept out of 4-bit and upcast by PEFT's
+    prepare_model_for_kbit_training) fails with "expected m1 and m2 to have the same dtype". Most families cast
+    inside their model; this does it once for all, before the tower's first layer."""
+    names = set(vision_module_names())
+
+    def cast(value, dtype):
+        return value.to(dtype) if torch.is_tensor(value) and value.is_floating_point() else value
+
+    hooked: list[str] = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] not in names or any(name.startswith(f"{outer}.") for outer in hooked):
+            continue
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+        if dtype is None:
+            continue
+        hooked.append(name)
+        module.register_forward_pre_hook(
+            lambda _, args, kwargs, dtype=dtype: (tuple(cast(a, dtype) for a in args),
+                                                  {k: cast(v, dtype) for k, v in kwargs.items()}),
+            with_kwargs=True,
+        )
 
 
 def lora_config(model_args: ModelConfig) -> LoraConfig | None:

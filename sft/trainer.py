@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from peft import PeftModel
+from transformers import Trainer
 from trl import SFTTrainer
 
 from sft.generation import exact_match, generate_replies, max_reply_tokens, reference
@@ -25,6 +27,17 @@ class GenerationAccuracySFTTrainer(SFTTrainer):
         for param in self.model.parameters():
             if param.requires_grad and param.dtype == torch.bfloat16:
                 param.data = param.data.float()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # TRL 1.16's fused LM head takes hidden states from `model.base_model`. Llama 4 (transformers 5.23) merges
+        # image features in its top-level forward and has no backbone attribute, so `base_model` is the model itself
+        # and the fused path fails ("'Llama4CausalLMOutputWithPast' object has no attribute 'last_hidden_state'").
+        # Such a model computes the loss from the labels itself, as under transformers' Trainer.
+        inner = self.accelerator.unwrap_model(model)
+        inner = inner.get_base_model() if isinstance(inner, PeftModel) else inner
+        if inner.base_model is inner:
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval"):

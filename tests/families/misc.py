@@ -1,0 +1,172 @@
+"""Tiny random InternVL 3, Mistral 3 (Pixtral) and Llama 4 models with their real processor classes, built offline.
+
+Each tokenizer is a byte-level BPE trained on the spot (sft.tiny.build_tokenizer) that carries the family's real
+special tokens (names as in its published tokenizer_config.json) and its real chat template, read from
+shared/fixtures/chat-templates beside the repository (tests/families/misc_PROVENANCE.md says where each comes from).
+Models are the real architecture classes at hidden size 32-64, 2 text layers, a 1-layer vision tower.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sft.tiny import _widen_lm_head, build_tokenizer
+
+# shared/ lies beside the repository (/work/shared next to /work/main); a worktree one level deeper finds the same
+# folder further up. None when it is absent (the tests then skip).
+TEMPLATES = next((folder / "shared" / "fixtures" / "chat-templates" for folder in Path(__file__).resolve().parents[2:]
+                  if (folder / "shared" / "fixtures" / "chat-templates").is_dir()), None)
+TEMPLATE_FILES = {
+    "internvl": "transformers_internvl_convert_chat_template.jinja",
+    "mistral3": "llamacpp_mistralai-Mistral-Small-3.1-24B-Instruct-2503.jinja",
+    "llama4": "transformers_llama4_processing_chat_template.jinja",
+}
+TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, max_position_embeddings=4096, tie_word_embeddings=False)
+
+# InternVL3-1B-hf: Qwen2.5's special tokens (its language model is Qwen2.5) plus InternVL's image tokens; the
+# processor reads <img>, </img>, <IMG_CONTEXT> and <video> from the tokenizer's named extra special tokens.
+INTERNVL_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>", "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>",
+    "<box>", "</box>", "<video>",
+]
+INTERNVL_NAMED = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                  "video_token": "<video>"}
+# Mistral Small 3.1's Tekken tokenizer: control tokens 0-19 in rank order ([IMG] is 10, as config.image_token_index).
+MISTRAL3_SPECIALS = [
+    "<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
+    "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]",
+    "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]",
+]
+# Llama 4 Scout: the named ones among its basic, post-training text and vision special tokens (reserved ones left out).
+LLAMA4_SPECIALS = [
+    "<|begin_of_text|>", "<|end_of_text|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|header_start|>",
+    "<|header_end|>", "<|eom|>", "<|eot|>", "<|step|>", "<|python_start|>", "<|python_end|>",
+    "<|finetune_right_pad|>", "<|image_start|>", "<|image_end|>", "<|tile_x_separator|>", "<|tile_y_separator|>",
+    "<|image|>", "<|patch|>",
+]
+
+
+def template(family: str) -> str:
+    return (TEMPLATES / TEMPLATE_FILES[family]).read_text(encoding="utf-8")
+
+
+def _finish(model, processor, out: Path) -> None:
+    _widen_lm_head(model)
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def build_internvl(out: Path) -> None:
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    trained = build_tokenizer(INTERNVL_SPECIALS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>", extra_special_tokens=INTERNVL_NAMED)
+    tile, patch = 56, 14  # 4 x 4 patches a tile, pixel-shuffled (downsample 0.5) to 2 x 2 = 4 tokens
+    image_seq_length = (tile // patch) ** 2 // 4
+    config = InternVLConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=tile, patch_size=patch),
+        text_config=dict(model_type="qwen2", vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, **TEXT),
+        image_token_id=tok.context_image_token_id, image_seq_length=image_seq_length, tie_word_embeddings=False,
+    )
+    model = InternVLForConditionalGeneration(config)
+    size = {"height": tile, "width": tile}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=True, max_patches=2),
+        tokenizer=tok, video_processor=InternVLVideoProcessor(size=size), image_seq_length=image_seq_length,
+        chat_template=template("internvl"),
+    )
+    _finish(model, processor, out)
+
+
+def build_mistral3(out: Path) -> None:
+    from transformers import (
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        PixtralImageProcessor,
+        PixtralProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    trained = build_tokenizer(MISTRAL3_SPECIALS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", pad_token="<pad>")
+    patch, merge = 14, 2  # one image token per 2 x 2 patches (Mistral Small 3.1's spatial_merge_size)
+    config = Mistral3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           head_dim=16, image_size=4 * patch * merge, patch_size=patch),
+        text_config=dict(model_type="mistral", vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **TEXT),
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=merge,
+        vision_feature_layer=-1, tie_word_embeddings=False,
+    )
+    model = Mistral3ForConditionalGeneration(config)
+    image_processor = PixtralImageProcessor(size={"longest_edge": 2 * patch * merge}, patch_size=patch)
+    processor = PixtralProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
+                                 spatial_merge_size=merge, chat_template=template("mistral3"))
+    _finish(model, processor, out)
+
+
+def build_llama4(out: Path) -> None:
+    from transformers import (
+        Llama4Config,
+        Llama4ForConditionalGeneration,
+        Llama4ImageProcessor,
+        Llama4Processor,
+        PreTrainedTokenizerFast,
+    )
+
+    trained = build_tokenizer(LLAMA4_SPECIALS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, bos_token="<|begin_of_text|>",
+                                  eos_token="<|eot|>", pad_token="<|finetune_right_pad|>")
+    tile, patch, vision_hidden = 28, 14, 32  # 2 x 2 patches a tile, pixel-shuffled (ratio 0.5) to 1 token
+    config = Llama4Config(
+        vision_config=dict(
+            hidden_size=vision_hidden, num_hidden_layers=1, num_attention_heads=2, image_size=tile,
+            patch_size=patch, pixel_shuffle_ratio=0.5,
+            intermediate_size=vision_hidden * 4,  # the pixel-shuffled width the adapter MLP takes (0.5 ** -2 x)
+            vision_output_dim=64, projector_input_dim=64, projector_output_dim=64,
+        ),
+        text_config=dict(
+            vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id, intermediate_size_mlp=128, attention_chunk_size=4096,
+            num_local_experts=2, num_experts_per_tok=1, interleave_moe_layer_step=1,  # every layer MoE, as Scout
+            **TEXT,
+        ),
+        boi_token_index=tok.convert_tokens_to_ids("<|image_start|>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<|image_end|>"),
+        image_token_index=tok.convert_tokens_to_ids("<|patch|>"),
+    )
+    model = Llama4ForConditionalGeneration(config)
+    image_processor = Llama4ImageProcessor(size={"height": tile, "width": tile}, max_patches=4)
+    processor = Llama4Processor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
+                                pixel_shuffle_ratio=0.5, chat_template=template("llama4"))
+    _finish(model, processor, out)
+
+
+BUILDERS = {"internvl": build_internvl, "mistral3": build_mistral3, "llama4": build_llama4}
+
+
+def build(family: str, out: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random `family` model and its processor to `out`; returns the folder."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    BUILDERS[family](out)
+    return out

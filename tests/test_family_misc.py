@@ -1,0 +1,228 @@
+"""InternVL 3, Mistral 3 (Pixtral) and Llama 4: the label contract, every processor tensor, training, generation,
+LoRA targets and the quantization skip list, on tiny random models with the real processor classes, chat templates
+and special tokens (tests/families/misc.py builds them; misc_PROVENANCE.md says where each piece comes from).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig
+from trl import ModelConfig
+
+from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
+from sft.dataset import measure
+from sft.families import FAMILIES, family_for, family_for_processor
+from sft.generation import exact_match, generate_replies, reference
+from sft.model import NOT_QUANTIZED, load_model, load_processor
+from sft.plan import _is_quantized, lora_targets
+from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
+from sft.train import main as train
+from tests.conftest import write_image
+from tests.families.misc import BUILDERS, TEMPLATES, build
+from tests.test_label_contract import SHAPES, supervised_text
+from tests.test_training import recipe_for
+
+pytestmark = pytest.mark.skipif(TEMPLATES is None, reason="shared/fixtures/chat-templates beside the repo is absent")
+NAMES = list(BUILDERS)
+SMOLVLM = TEMPLATES.parent / "real-processors" / "SmolVLM-256M-Instruct" if TEMPLATES else Path("absent")
+CLOSING = {"internvl": "<|im_end|>", "mistral3": "</s>", "llama4": "<|eot|>"}  # issue #9's expected supervision
+TABLE_NAME = {"internvl": "internvl3", "mistral3": "mistral3", "llama4": "llama4"}
+# Tensors with one entry per token: they must match input_ids in batch and length.
+PER_TOKEN = ("attention_mask", "labels", "token_type_ids", "mm_token_type_ids")
+
+
+@pytest.fixture(scope="module")
+def misc_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("misc")
+    return {name: build(name, root / name) for name in NAMES}
+
+
+@functools.cache
+def load(model_dir: str):
+    """Processor and model as the toolkit loads them (sft.model)."""
+    processor = load_processor(model_dir, AutoConfig.from_pretrained(model_dir))
+    return processor, load_model(ModelConfig(model_name_or_path=model_dir)).eval()
+
+
+def expected(name: str, messages: list[dict]) -> str:
+    return "".join(m["content"] + CLOSING[name] for m in messages if m["role"] == "assistant")
+
+
+def example(tmp_path, messages: list[dict], image: bool, where: str = "t.jsonl:1") -> dict:
+    paths = [str(write_image(tmp_path / "img.png", size=(36, 50)))] if image else []
+    return {"where": where, "row": 1, "messages": messages, "image_paths": paths}
+
+
+def assert_tensors_match_input_ids(name: str, batch: dict, n_images: int) -> None:
+    size, length = batch["input_ids"].shape
+    for key in PER_TOKEN:
+        if key in batch:
+            assert batch[key].shape == (size, length), key
+    for key in family_for(name).extra_inputs if n_images else ():  # tiny families are named after their model_type
+        assert key in batch, key
+    if "image_sizes" in batch:  # Mistral 3: one (height, width) per image, as many as pixel_values holds
+        assert batch["image_sizes"].shape == (n_images, 2) == (batch["pixel_values"].shape[0], 2)
+
+
+@pytest.mark.parametrize("image", [False, True])
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("name", NAMES)
+def test_supervised_tokens_are_the_replies_and_their_end_of_turn(misc_models, tmp_path, name, shape, image):
+    processor, model = load(str(misc_models[name]))
+    collator = CompletionOnlyCollator(processor)
+    batch = collator([example(tmp_path, SHAPES[shape], image)])
+    assert supervised_text(collator, batch) == expected(name, SHAPES[shape])
+    assert_tensors_match_input_ids(name, batch, int(image))
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_family_table_entry_is_what_the_processor_and_template_do(misc_models, name):
+    processor, _ = load(str(misc_models[name]))
+    family = family_for_processor(processor)
+    assert family is not None and family.name == TABLE_NAME[name] and family.closing == CLOSING[name]
+    collator = CompletionOnlyCollator(processor)
+    one_image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What element?"}]}]
+    # The template writes exactly one counted image marker per image (so no image_marker entry is needed).
+    assert collator.image_token == processor.image_token
+    assert collator.render(one_image).count(collator.image_token) == 1
+
+
+@pytest.mark.parametrize("image", [False, True])
+@pytest.mark.parametrize("name", NAMES)
+def test_a_row_too_long_is_dropped_or_its_prompt_shortened_never_its_reply(misc_models, tmp_path, name, image):
+    processor, model = load(str(misc_models[name]))
+    collator = CompletionOnlyCollator(processor)
+    messages = [{"role": "user", "content": "Formwork is a temporary mould for concrete. " * 30},
+                {"role": "assistant", "content": "water"}]
+    row = example(tmp_path, messages, image)
+    max_length = len(collator.encode(row).input_ids) - 40
+
+    assert measure(row, collator, max_length, "drop")["status"] == "dropped"
+    shortened = measure(row, collator, max_length, "shorten_prompt")
+    assert shortened["status"] == "truncated" and shortened["length"] <= max_length
+    batch = CompletionOnlyCollator(processor, max_length=max_length)([{**row, "messages": shortened["messages"]}])
+    assert batch["input_ids"].shape[1] <= max_length
+    assert supervised_text(collator, batch) == "water" + CLOSING[name]
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mixed_batch_pads_every_tensor_to_input_ids_and_trains_one_step(misc_models, tmp_path, name):
+    processor, model = load(str(misc_models[name]))
+    collator = CompletionOnlyCollator(processor)
+    rows = [example(tmp_path, SHAPES["prompt_completion"], True), example(tmp_path, SHAPES["multi_turn"], False)]
+    batch = collator(rows)
+    assert_tensors_match_input_ids(name, batch, 1)
+    for row, item in enumerate(rows):
+        assert supervised_text(collator, batch, row) == expected(name, item["messages"])
+        assert (batch["labels"][row][batch["attention_mask"][row] == 0] == IGNORE_INDEX).all()
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    model.zero_grad()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generation_from_the_collators_prompts_is_scored(misc_models, tmp_path, name):
+    processor, model = load(str(misc_models[name]))
+    collator = CompletionOnlyCollator(processor)
+    rows = [example(tmp_path, SHAPES["prompt_completion"], True), example(tmp_path, SHAPES["multi_turn"], False)]
+    replies = generate_replies(model, collator, rows, max_new_tokens=4)
+    assert len(replies) == 2 and all(isinstance(reply, str) for reply in replies)
+    assert 0.0 <= exact_match(replies, [reference(row) for row in rows]) <= 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_short_training_run_loss_falls_and_eval_accuracy_is_computed(misc_models, tmp_path, name):
+    # Mistral 3's template writes its 1,7xx-character default system prompt into every row without a system turn.
+    recipe = load_recipe(recipe_for(tmp_path, misc_models[name], with_images=True, max_length=1024))
+    metrics = train(recipe)
+    print(f"{name}: loss {metrics['first_loss']:.3f} -> {metrics['last_loss']:.3f}, "
+          f"eval_accuracy {metrics['eval_accuracy']}")
+    assert metrics["last_loss"] < metrics["first_loss"]
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lora_hits_only_language_model_attention_and_no_vision_module_is_quantized(misc_models, name):
+    _, model = load(str(misc_models[name]))
+    family = family_for(model.config.model_type)
+    targets = [n for n, _ in lora_targets(model, LANGUAGE_MODEL_ATTENTION)]
+    layers = model.config.get_text_config().num_hidden_layers
+    assert len(targets) == 4 * layers  # q, k, v, o of each language-model layer, nothing else
+    assert all(re.search(r"language_model\.(model\.)?layers\.\d+\.self_attn\.[qkvo]_proj$", n) for n in targets)
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    vision = [n for n in linears if set(n.split(".")) & set(family.vision_modules)]
+    assert vision and not any(_is_quantized(n) for n in vision)
+    assert all(_is_quantized(n) for n in targets)  # the language model itself is quantized
+
+
+def test_every_family_derives_lora_targets_and_the_quantization_skip_list_from_the_table():
+    for family in FAMILIES:
+        for module in family.vision_modules:
+            assert f".*{module}" in NOT_QUANTIZED
+            assert not _is_quantized(f"model.{module}.layers.0.attention.q_proj")
+            assert re.fullmatch(LANGUAGE_MODEL_ATTENTION, f"model.{module}.layers.0.self_attn.q_proj") is None
+    assert re.fullmatch(LANGUAGE_MODEL_ATTENTION, "model.language_model.layers.0.self_attn.q_proj")
+    # No second list of vision module names anywhere in sft/: every other module reads the table.
+    names = {module for family in FAMILIES for module in family.vision_modules}
+    for source in (Path(__file__).resolve().parents[1] / "sft").glob("*.py"):
+        if source.name != "families.py":
+            text = source.read_text(encoding="utf-8")
+            assert not [n for n in names if f'"{n}"' in text or f"'{n}'" in text], source.name
+
+
+MISSING = """
+import sys
+sys.modules[{package!r}] = None  # the import fails as if the package were not installed
+from sft.cli import main
+sys.exit(main(["preview", {recipe!r}, "--limit", "1"]))
+"""
+
+
+def run_without(package: str, recipe: Path) -> subprocess.CompletedProcess:
+    code = MISSING.format(package=package, recipe=str(recipe))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+
+
+@pytest.mark.parametrize("name", ["mistral3", "llama4"])
+def test_missing_torchvision_is_one_line_naming_it_and_its_pip_command(misc_models, tmp_path, name):
+    result = run_without("torchvision", recipe_for(tmp_path, misc_models[name], with_images=True))
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result) == [f"error: {misc_models[name]}: the processor needs the package 'torchvision', "
+                                   "which is not installed; install it with: pip install torchvision"]
+
+
+@pytest.mark.skipif(not SMOLVLM.is_dir(), reason=f"{SMOLVLM} is absent")
+def test_missing_num2words_is_one_line_naming_it_and_its_pip_command(tmp_path):
+    """SmolVLM2's processor class around the real SmolVLM-256M tokenizer and image processor."""
+    from transformers import AutoProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
+
+    real = AutoProcessor.from_pretrained(SMOLVLM)
+    folder = tmp_path / "smolvlm2"
+    SmolVLMProcessor(image_processor=real.image_processor, tokenizer=real.tokenizer,
+                     video_processor=SmolVLMVideoProcessor(), image_seq_len=real.image_seq_len,
+                     chat_template=real.chat_template).save_pretrained(folder)
+    AutoConfig.from_pretrained(SMOLVLM).save_pretrained(folder)
+    result = run_without("num2words", recipe_for(tmp_path, folder, with_images=True))
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result) == [f"error: {folder}: the processor needs the package 'num2words', "
+                                   "which is not installed; install it with: pip install num2words"]
