@@ -78,8 +78,9 @@ class CompletionOnlyCollator:
         self.image_token = (family.image_marker if family and family.image_marker else
                             getattr(processing_class, "image_token", None)) if self.is_processor else None
         # Only templates that read `date_string` get it (others would warn about an unused keyword).
-        template = getattr(processing_class, "chat_template", None) or self.tokenizer.chat_template
-        self.date_string = date_string if "date_string" in str(template) else None
+        template = str(getattr(processing_class, "chat_template", None) or self.tokenizer.chat_template)
+        self.date_string = date_string if "date_string" in template else None
+        self.template_kwargs = {"date_string": self.date_string} if self.date_string else {}
         self.max_length = max_length
         self.pad_to_multiple_of = pad_to_multiple_of
         added = {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
@@ -96,11 +97,10 @@ class CompletionOnlyCollator:
         return [{"role": m["role"], "content": text_of(m)} for m in messages]
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        kwargs = {"date_string": self.date_string} if self.date_string else {}
         try:
             return self.processing_class.apply_chat_template(
                 self.template_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
-                **kwargs,
+                **self.template_kwargs,
             )
         except (jinja2.TemplateError, ValueError) as exc:  # Llama 3.2 Vision: "images are incompatible with system
             raise UserError(f"the chat template refuses this row: {exc}") from None  # messages"
