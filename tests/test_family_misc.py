@@ -226,4 +226,3 @@ def test_missing_num2words_is_one_line_naming_it_and_its_pip_command(tmp_path):
     assert result.returncode == 2, result.stderr
     assert error_lines(result) == [f"error: {folder}: the processor needs the package 'num2words', "
                                    "which is not installed; install it with: pip install num2words"]
-
