@@ -1,5 +1,5 @@
 """sft-toolkit: supervised fine-tuning of vision-language and text models on TRL."""
 
-from sft.torchvision_compat import declare_missing_torchvision_ops
+from sft.torchvision_compat import install_import_hook
 
-declare_missing_torchvision_ops()
+install_import_hook()
