@@ -312,14 +312,14 @@ def run_child(name: str, model: Path, data: Path, steps: int, out: Path) -> dict
         run_ours(model, data, steps, run_dir, extra, timer)
     state = json.loads((run_dir / "trainer_state.json").read_text())
     tokens = [e["num_tokens"] for e in state["log_history"] if "num_tokens" in e]
-    steady = timer.times[2:] or timer.times  # the first steps warm up kernels and the allocator
+    steady = timer.times[len(timer.times) // 2:]  # the first half warms up kernels, bitsandbytes and the allocator
     step_s = sorted(steady)[len(steady) // 2]
     tokens_per_step = (tokens[-1] - tokens[0]) / (len(tokens) - 1) if len(tokens) > 1 else tokens[0]
     accumulation = result["batch"][1]
     patches_per_step = (sum(patches) / len(patches) * accumulation) if patches else 0.0
     lm, vision, flops = model_flops_per_token(model, tokens_per_step, patches_per_step)
-    free, total = torch.cuda.mem_get_info()
-    outside_allocator = (total - free) - torch.cuda.memory_reserved()
+    free, total = torch.cuda.mem_get_info()  # the whole card: this process and the parent's context
+    outside_allocator = (total - free) - torch.cuda.memory_reserved() - float(os.environ["BENCH_PARENT_USED"])
     plan_extra = extra if trainer_kind == "ours" else BITS["8bit"] + SEED
     metrics = result.pop("metrics")
     return {"run": name, "trainer": trainer_kind, **result, "median_step_s": step_s, "step_times_s": timer.times,
@@ -397,7 +397,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--processor", type=Path)
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results/gpu.json")
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--runs", default="trl_8bit_seed,ours_8bit_seed,ours_8bit_auto,ours_bf16_auto,"
                                           "ours_4bit_auto,ours_bf16_ckpt,ours_4bit_ckpt,qwen7b_bf16_auto_images")
     parser.add_argument("--checks", action="store_true", help="also the int8/nf4 layer probe and the Liger check")
@@ -439,6 +439,9 @@ def main() -> None:
                 data[kind] = write_image_rows(work / "image-rows")
             else:
                 write_text_rows(data[kind], model)
+        torch.cuda.empty_cache()  # the parent keeps only its context while a child measures the card
+        free, total = torch.cuda.mem_get_info()
+        os.environ["BENCH_PARENT_USED"] = str(total - free)
         child_out = work / f"{name}.json"
         command = [sys.executable, __file__, "--child", name, "--model", str(model), "--data", str(data[kind]),
                    "--steps", str(args.steps), "--out", str(child_out)]

@@ -30,7 +30,12 @@ from sft.recipe import Recipe
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "model_configs"
 GIB = 1024**3
-CUDA_CONTEXT_BYTES = 1.5 * GIB
+CUDA_CONTEXT_BYTES = 1.0 * GIB  # context + cuBLAS workspace (~0.5) and the caching allocator's slack (~0.5)
+# bitsandbytes 0.50 int8 layers hold about 17 x hidden bytes a token a layer beyond a 16-bit layer, with or
+# without checkpointing, and leave ~4 GiB of reserved-but-free blocks (H100, 11B, 2 and 4 x 512 tokens:
+# bench/results/gpu-h100.json); measured, not derived.
+INT8_TOKEN_LAYER_HIDDEN_BYTES = 17
+INT8_ALLOCATOR_SLACK = 4.0 * GIB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2, None: 2}
 
 
@@ -149,10 +154,11 @@ def make_plan(recipe: Recipe) -> Plan:
         model_args.model_name_or_path, type(model).__name__, total, quantized, lora,
         fixed={f"weights ({bits}-bit linear layers)" if bits < 16 else "weights": weights,
                "LoRA weights + grads + AdamW (fp32)": lora * 16,
-               "CUDA context + allocator slack": CUDA_CONTEXT_BYTES},
+               "CUDA context + allocator slack": CUDA_CONTEXT_BYTES + (INT8_ALLOCATOR_SLACK if bits == 8 else 0)},
         layers=layers,
-        layer_token_bytes=34 * hidden + (5 * heads * max_length if eager else 0),
-        checkpoint_token_bytes=2 * hidden,
+        layer_token_bytes=(34 + (INT8_TOKEN_LAYER_HIDDEN_BYTES if bits == 8 else 0)) * hidden
+        + (5 * heads * max_length if eager else 0),
+        checkpoint_token_bytes=2 * hidden + (INT8_TOKEN_LAYER_HIDDEN_BYTES * hidden if bits == 8 else 0),
         logit_token_bytes=min(vocab, LOGIT_TILE) * 6,  # one tile's 16-bit logits and their fp32 softmax
         max_length=max_length, batch=args.per_device_train_batch_size,
         accumulation=args.gradient_accumulation_steps, gpu_memory_gib=recipe.data.gpu_memory_gib,
@@ -210,7 +216,9 @@ def apply_auto(recipe: Recipe) -> Plan | None:
         return None
     plan = make_plan(recipe)
     args = recipe.training
-    args.gradient_checkpointing = plan.gradient_checkpointing
+    # transformers 5.23 reads `activation_checkpointing`; `gradient_checkpointing` is its deprecated mirror, copied
+    # only in __post_init__, so both are set (setting the old name alone left checkpointing on: measured on H100).
+    args.activation_checkpointing = args.gradient_checkpointing = plan.gradient_checkpointing
     args.per_device_train_batch_size = plan.batch
     args.gradient_accumulation_steps = plan.accumulation
     reasons = {line.split(" auto -> ")[0]: line for line in plan.decisions}

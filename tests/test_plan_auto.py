@@ -108,6 +108,7 @@ def test_applied_choices_reach_the_trainer_arguments_and_the_manifest(tmp_path):
                                       per_device_train_batch_size="auto"))
     plan = apply_auto(recipe)
     args = recipe.training
+    assert args.activation_checkpointing is False  # what transformers 5 reads
     assert (args.gradient_checkpointing, args.per_device_train_batch_size, args.gradient_accumulation_steps) == \
         (False, 6, 1) == (plan.gradient_checkpointing, plan.batch, plan.accumulation)
     manifest = json.loads(write_manifest(recipe, tmp_path, [], {}).read_text())
