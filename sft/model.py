@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
@@ -51,6 +52,10 @@ def liger_unavailable(model_type: str | None) -> str | None:
         import liger_kernel.transformers  # noqa: F401
     except ImportError as exc:
         return f"use_liger_kernel: liger-kernel is not installed ({exc.msg}); training without it"
+    try:  # the family's patch module: liger-kernel 0.8.5's qwen2_5_vl fails to import beside transformers 5.23
+        importlib.import_module(f"liger_kernel.transformers.model.{model_type}")
+    except ImportError as exc:
+        return f"use_liger_kernel: liger-kernel cannot patch {model_type} here ({exc.msg}); training without it"
     return None
 
 
