@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
@@ -37,12 +38,36 @@ def model_class_for(config):
     return AutoModelForImageTextToText if is_vision_config(config) else AutoModelForCausalLM
 
 
-def quantization_config(model_args: ModelConfig) -> BitsAndBytesConfig | None:
+# Families whose layers Liger's kernels patch (RMSNorm, SwiGLU, RoPE, LayerNorm), by config model_type. Its fused
+# linear cross-entropy is never used: TRL 1.16's SFTTrainer refuses it and scores through its own fused LM head
+# (add_fused_lm_head, vocabulary tiles, supervised positions only), on every family, Mllama included.
+LIGER_FAMILIES = {"mllama", "qwen2_vl", "qwen2_5_vl", "gemma3", "smolvlm", "llama", "qwen2"}
+
+
+def liger_unavailable(model_type: str | None) -> str | None:
+    """Why Liger's kernels cannot run for this model here (one line), or None when they can."""
+    if model_type not in LIGER_FAMILIES:
+        return f"use_liger_kernel: no Liger kernels for model_type {model_type!r}; training without them"
+    if not torch.cuda.is_available():
+        return "use_liger_kernel: Liger's kernels need a GPU (Triton); training without them"
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError as exc:
+        return f"use_liger_kernel: liger-kernel is not installed ({exc.msg}); training without it"
+    try:  # the family's patch module: liger-kernel 0.8.5's qwen2_5_vl fails to import beside transformers 5.23
+        importlib.import_module(f"liger_kernel.transformers.model.{model_type}")
+    except ImportError as exc:
+        return f"use_liger_kernel: liger-kernel cannot patch {model_type} here ({exc.msg}); training without it"
+    return None
+
+
+def quantization_config(model_args: ModelConfig, int8_threshold: float = 6.0) -> BitsAndBytesConfig | None:
     """8-bit or 4-bit weights for the language model (BitsAndBytesConfig; `load_in_8bit=` was removed)."""
     if model_args.load_in_8bit and model_args.load_in_4bit:
         raise UserError("load_in_8bit and load_in_4bit are both set; choose one")
     if model_args.load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=NOT_QUANTIZED)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=NOT_QUANTIZED,
+                                  llm_int8_threshold=int8_threshold)
     if model_args.load_in_4bit:
         compute = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else torch.float32
         return BitsAndBytesConfig(
@@ -121,10 +146,28 @@ def _device() -> str:
     return "cpu"
 
 
-def load_model(model_args: ModelConfig, gradient_checkpointing: bool = False, trust_remote_code: bool = False):
+def prepare_quantized(model, gradient_checkpointing: bool, fp32_upcast: bool):
+    """A quantized base made ready for LoRA: frozen, and input gradients on when checkpointing needs them.
+
+    PEFT's prepare_model_for_kbit_training also upcasts every non-quantized parameter (embeddings, norms, lm_head,
+    the vision tower) to fp32; the hidden states then run in fp32 between the int8 layers, which bitsandbytes casts
+    back to 16-bit at each one. TRL's own script does not upcast, so by default neither does the toolkit.
+    """
+    if fp32_upcast:
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    if gradient_checkpointing:
+        model.enable_input_require_grads()
+        model.gradient_checkpointing_enable()  # as PEFT does: transformers' default kwargs
+    return model
+
+
+def load_model(model_args: ModelConfig, gradient_checkpointing: bool = False, trust_remote_code: bool = False,
+               fp32_upcast: bool = False, int8_threshold: float = 6.0):
     """The base model, quantized when the recipe asks, ready for LoRA (PEFT is applied by SFTTrainer)."""
     config = load_config(model_args, trust_remote_code)
-    quantization = quantization_config(model_args)
+    quantization = quantization_config(model_args, int8_threshold)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code,
                   attn_implementation=model_args.attn_implementation)
@@ -133,7 +176,7 @@ def load_model(model_args: ModelConfig, gradient_checkpointing: bool = False, tr
                        device_map={"": _device()})
     model = model_class_for(config).from_pretrained(model_args.model_name_or_path, **kwargs)
     if quantization is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_quantized(model, gradient_checkpointing, fp32_upcast)
     cast_images_to_vision_dtype(model)
     return model
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,7 +30,12 @@ from sft.recipe import Recipe
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "model_configs"
 GIB = 1024**3
-CUDA_CONTEXT_BYTES = 1.5 * GIB
+CUDA_CONTEXT_BYTES = 1.0 * GIB  # context + cuBLAS workspace (~0.5) and the caching allocator's slack (~0.5)
+# bitsandbytes 0.50 int8 layers hold about 17 x hidden bytes a token a layer beyond a 16-bit layer, with or
+# without checkpointing, and leave ~4 GiB of reserved-but-free blocks (H100, 11B, 2 and 4 x 512 tokens:
+# bench/results/gpu-h100.json); measured, not derived.
+INT8_TOKEN_LAYER_HIDDEN_BYTES = 17
+INT8_ALLOCATOR_SLACK = 4.0 * GIB
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2, None: 2}
 
 
@@ -69,6 +74,14 @@ def lora_targets(model: torch.nn.Module, target_modules) -> list[tuple[str, torc
     return [(n, m) for n, m in linears if any(n == k or n.endswith(f".{k}") for k in keys)]
 
 
+# A choice counts as fitting only when the estimate leaves this share of gpu_memory_gib free: the estimate is within
+# about 10 % of measured peaks (bench/results), and fragmentation grows over a long run.
+AUTO_MARGIN = 0.10
+# TRL's fused LM head (trl.trainer.utils.add_fused_lm_head) scores the supervised positions in vocabulary tiles of
+# this size, so the full (tokens x vocabulary) logits never exist.
+LOGIT_TILE = 32768
+
+
 @dataclass
 class Plan:
     name: str
@@ -76,19 +89,42 @@ class Plan:
     total_params: int
     quantized_params: int
     lora_params: int
-    memory: dict[str, tuple[float, float]]  # component -> (bytes with checkpointing, bytes without)
+    fixed: dict[str, float]  # component -> bytes that do not depend on the batch
+    layers: int
+    layer_token_bytes: float  # activation bytes a token keeps in one layer without checkpointing
+    checkpoint_token_bytes: float  # ... with checkpointing (each layer's input only)
+    logit_token_bytes: float
+    max_length: int
+    batch: int  # per_device_train_batch_size (chosen by the plan when the recipe says auto)
+    accumulation: int
     gpu_memory_gib: float
     gradient_checkpointing: bool
+    decisions: list[str] = field(default_factory=list)  # what the plan chose for `auto` keys, and why
 
-    def total(self, checkpointing: bool) -> float:
-        return sum(with_ckpt if checkpointing else without for with_ckpt, without in self.memory.values())
+    def memory(self, batch: int | None = None) -> dict[str, tuple[float, float]]:
+        """Component -> (bytes with checkpointing, bytes without) for a micro-batch of `batch` rows."""
+        batch = self.batch if batch is None else batch
+        tokens = batch * self.max_length
+        one_layer = tokens * self.layer_token_bytes
+        memory = {name: (size, size) for name, size in self.fixed.items()}
+        memory[f"activations (batch {batch} x {self.max_length})"] = (
+            self.layers * tokens * self.checkpoint_token_bytes + one_layer, self.layers * one_layer)
+        memory["logits tiles and loss"] = (tokens * self.logit_token_bytes,) * 2
+        return memory
+
+    def total(self, checkpointing: bool, batch: int | None = None) -> float:
+        return sum(with_ckpt if checkpointing else without for with_ckpt, without in self.memory(batch).values())
+
+    def fits_in(self, checkpointing: bool, batch: int, margin: float = 0.0) -> bool:
+        return self.total(checkpointing, batch) <= (1 - margin) * self.gpu_memory_gib * GIB
 
     @property
     def fits(self) -> bool:
-        return self.total(self.gradient_checkpointing) <= self.gpu_memory_gib * GIB
+        return self.fits_in(self.gradient_checkpointing, self.batch)
 
 
 def make_plan(recipe: Recipe) -> Plan:
+    """The estimate for the recipe, with its `auto` keys chosen (see `choose`)."""
     args, model_args = recipe.training, recipe.model
     model, config = build_on_meta(model_args.model_name_or_path)
     text = config.get_text_config()
@@ -106,26 +142,92 @@ def make_plan(recipe: Recipe) -> Plan:
         lora = sum(r * (m.in_features + m.out_features) for _, m in lora_targets(model, model_args.lora_target_modules))
 
     quantized_bytes = quantized * (1 if bits == 8 else 0.5 + 4 / 64)  # 4-bit: fp32 absmax per 64-value block
-    # prepare_model_for_kbit_training (PEFT) upcasts every non-quantized parameter to fp32.
-    kept_bytes = 4 if bits < 16 else dtype_bytes
+    # PEFT's prepare_model_for_kbit_training upcasts every non-quantized parameter to fp32; the toolkit skips that
+    # unless kbit_fp32_upcast is set (sft.model.prepare_quantized).
+    kept_bytes = 4 if bits < 16 and recipe.data.kbit_fp32_upcast else dtype_bytes
     weights = quantized_bytes + (total - quantized) * kept_bytes
-    tokens = args.per_device_train_batch_size * (args.max_length or 1024)
     hidden, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
+    max_length = args.max_length or 1024
     eager = (model_args.attn_implementation or "sdpa") == "eager"
-    layer_bytes = tokens * (34 * hidden + (5 * heads * (args.max_length or 1024) if eager else 0))
-    activations_full = layers * layer_bytes
-    activations_ckpt = layers * tokens * hidden * 2 + layer_bytes
     vocab = model.get_output_embeddings().out_features
-    memory = {
-        f"weights ({bits}-bit linear layers)" if bits < 16 else "weights": (weights, weights),
-        "LoRA weights + grads + AdamW (fp32)": (lora * 16, lora * 16),
-        f"activations (batch {args.per_device_train_batch_size} x {args.max_length})":
-            (activations_ckpt, activations_full),
-        "logits and loss": (tokens * vocab * 10, tokens * vocab * 10),
-        "CUDA context + allocator slack": (CUDA_CONTEXT_BYTES, CUDA_CONTEXT_BYTES),
-    }
-    return Plan(model_args.model_name_or_path, type(model).__name__, total, quantized, lora, memory,
-                recipe.data.gpu_memory_gib, bool(args.gradient_checkpointing))
+    plan = Plan(
+        model_args.model_name_or_path, type(model).__name__, total, quantized, lora,
+        fixed={f"weights ({bits}-bit linear layers)" if bits < 16 else "weights": weights,
+               "LoRA weights + grads + AdamW (fp32)": lora * 16,
+               "CUDA context + allocator slack": CUDA_CONTEXT_BYTES + (INT8_ALLOCATOR_SLACK if bits == 8 else 0)},
+        layers=layers,
+        layer_token_bytes=(34 + (INT8_TOKEN_LAYER_HIDDEN_BYTES if bits == 8 else 0)) * hidden
+        + (5 * heads * max_length if eager else 0),
+        checkpoint_token_bytes=2 * hidden + (INT8_TOKEN_LAYER_HIDDEN_BYTES * hidden if bits == 8 else 0),
+        logit_token_bytes=min(vocab, LOGIT_TILE) * 6,  # one tile's 16-bit logits and their fp32 softmax
+        max_length=max_length, batch=args.per_device_train_batch_size,
+        accumulation=args.gradient_accumulation_steps, gpu_memory_gib=recipe.data.gpu_memory_gib,
+        gradient_checkpointing=bool(args.gradient_checkpointing))
+    choose(plan, recipe)
+    return plan
+
+
+def _divisors_descending(number: int) -> list[int]:
+    return [d for d in range(number, 0, -1) if number % d == 0]
+
+
+def choose(plan: Plan, recipe: Recipe) -> None:
+    """Fill the recipe's `auto` keys into `plan` (batch, accumulation, checkpointing), each with its reason.
+
+    Recomputing the forward costs about a third of a step, and a larger micro-batch keeps the GPU busier than more
+    accumulation steps, so: checkpointing stays off when the largest micro-batch fits without it; otherwise the
+    largest micro-batch that fits without it is taken; only when none does is checkpointing turned on, with the
+    largest micro-batch that fits then. The effective batch (micro-batch x accumulation) never changes.
+    """
+    auto_ckpt = "gradient_checkpointing" in recipe.auto
+    auto_batch = "per_device_train_batch_size" in recipe.auto
+    if not (auto_ckpt or auto_batch):
+        return
+    limit = (1 - AUTO_MARGIN) * plan.gpu_memory_gib
+    effective = recipe.data.effective_batch_size if auto_batch else plan.batch
+    batches = _divisors_descending(effective) if auto_batch else [plan.batch]
+    checkpointing = [False, True] if auto_ckpt else [plan.gradient_checkpointing]
+    choice = next(((ckpt, batch) for ckpt in checkpointing for batch in batches
+                   if plan.fits_in(ckpt, batch, AUTO_MARGIN)), (checkpointing[-1], batches[-1]))
+    plan.gradient_checkpointing, plan.batch = choice
+    plan.accumulation = effective // plan.batch if auto_batch else plan.accumulation
+    need = plan.total(plan.gradient_checkpointing) / GIB
+    fits = need <= limit
+    if auto_ckpt:
+        without = plan.total(False) / GIB
+        if not plan.gradient_checkpointing:
+            why = f"without it the estimate is {without:.1f} GiB, within {limit:.0f} of {plan.gpu_memory_gib:g} GiB"
+        else:
+            why = (f"without it the estimate is {without:.1f} GiB, over {limit:.0f} of {plan.gpu_memory_gib:g} GiB; "
+                   f"with it {need:.1f} GiB" + ("" if fits else " (still over: lower max_length or quantize)"))
+        plan.decisions.append(f"gradient_checkpointing auto -> {'on' if plan.gradient_checkpointing else 'off'}: "
+                              f"{why}")
+    if auto_batch:
+        why = (f"the largest divisor of effective_batch_size {effective} whose estimate ({need:.1f} GiB) is "
+               f"within {limit:.0f} of {plan.gpu_memory_gib:g} GiB" if fits
+               else f"nothing fits within {limit:.0f} of {plan.gpu_memory_gib:g} GiB; smallest micro-batch taken")
+        plan.decisions.append(f"per_device_train_batch_size auto -> {plan.batch} x gradient_accumulation_steps "
+                              f"{plan.accumulation} = {effective} rows a step: {why}")
+
+
+def apply_auto(recipe: Recipe) -> Plan | None:
+    """Write the plan's choices for the recipe's `auto` keys into its training arguments; None when it has none."""
+    if not recipe.auto:
+        return None
+    plan = make_plan(recipe)
+    args = recipe.training
+    # transformers 5.23 reads `activation_checkpointing`; `gradient_checkpointing` is its deprecated mirror, copied
+    # only in __post_init__, so both are set (setting the old name alone left checkpointing on: measured on H100).
+    args.activation_checkpointing = args.gradient_checkpointing = plan.gradient_checkpointing
+    args.per_device_train_batch_size = plan.batch
+    args.gradient_accumulation_steps = plan.accumulation
+    reasons = {line.split(" auto -> ")[0]: line for line in plan.decisions}
+    recipe.auto_choices = {key: {"value": getattr(args, key), "why": reasons.get(key, "")}
+                           for key in sorted(recipe.auto)}
+    if "per_device_train_batch_size" in recipe.auto:
+        recipe.auto_choices["gradient_accumulation_steps"] = {"value": plan.accumulation,
+                                                              "why": "effective_batch_size / micro-batch"}
+    return plan
 
 
 def render(plan: Plan) -> str:
@@ -137,13 +239,15 @@ def render(plan: Plan) -> str:
         "",
         f"{'memory per GPU (GiB)':<44}{'checkpointing':>14}{'without':>10}",
     ]
-    for component, (with_ckpt, without) in plan.memory.items():
+    for component, (with_ckpt, without) in plan.memory().items():
         lines.append(f"  {component:<42}{with_ckpt / GIB:>14.2f}{without / GIB:>10.2f}")
     lines.append(f"  {'total':<42}{plan.total(True) / GIB:>14.2f}{plan.total(False) / GIB:>10.2f}")
     used = plan.total(plan.gradient_checkpointing) / GIB
     verdict = "fits" if plan.fits else "DOES NOT FIT"
     lines.append(f"\ntarget GPU {plan.gpu_memory_gib:g} GiB (gpu_memory_gib): {verdict} with gradient_checkpointing "
-                 f"{'on' if plan.gradient_checkpointing else 'off'} ({used:.1f} GiB estimated)")
+                 f"{'on' if plan.gradient_checkpointing else 'off'}, batch {plan.batch} x accumulation "
+                 f"{plan.accumulation} ({used:.1f} GiB estimated)")
+    lines += [f"  {decision}" for decision in plan.decisions]
     return "\n".join(lines)
 
 
@@ -151,5 +255,8 @@ def as_json(plan: Plan) -> str:
     return json.dumps({"model": plan.name, "architecture": plan.architecture, "total_params": plan.total_params,
                        "quantized_params": plan.quantized_params, "lora_params": plan.lora_params,
                        "memory_gib": {k: {"checkpointing": a / GIB, "without": b / GIB}
-                                      for k, (a, b) in plan.memory.items()},
-                       "total_gib": plan.total(plan.gradient_checkpointing) / GIB, "fits": plan.fits})
+                                      for k, (a, b) in plan.memory().items()},
+                       "total_gib": plan.total(plan.gradient_checkpointing) / GIB, "fits": plan.fits,
+                       "gradient_checkpointing": plan.gradient_checkpointing,
+                       "per_device_train_batch_size": plan.batch,
+                       "gradient_accumulation_steps": plan.accumulation, "decisions": plan.decisions})

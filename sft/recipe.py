@@ -43,6 +43,10 @@ EVAL_DEFAULTS = {"eval_strategy": "epoch", "save_strategy": "epoch", "load_best_
 
 TRUNCATION_MODES = ("drop", "shorten_prompt")
 
+# SFTConfig keys that also take the value `auto`: the plan chooses them for the recipe's GPU (sft.plan.apply_auto).
+# TRL's parser knows only their own types (bool, int), so `auto` is taken out before it parses.
+AUTO_KEYS = ("gradient_checkpointing", "per_device_train_batch_size")
+
 
 @dataclass
 class DataArguments:
@@ -80,6 +84,23 @@ class DataArguments:
     gpu_memory_gib: float = field(
         default=80.0, metadata={"help": "Memory of one target GPU; `sft plan` says whether the recipe fits it."}
     )
+    effective_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Rows per optimizer step on one GPU (micro-batch x accumulation). With "
+                  "per_device_train_batch_size: auto the plan picks the micro-batch and sets "
+                  "gradient_accumulation_steps so that this stays the same."},
+    )
+    kbit_fp32_upcast: bool = field(
+        default=False,
+        metadata={"help": "8-bit/4-bit: upcast every non-quantized parameter to fp32 as PEFT's "
+                  "prepare_model_for_kbit_training does (slower, more memory); off keeps them in `dtype` "
+                  "as TRL does."},
+    )
+    llm_int8_threshold: float = field(
+        default=6.0,
+        metadata={"help": "8-bit: bitsandbytes' outlier threshold (activations above it run in 16-bit); "
+                  "0 = pure int8 (faster, can cost quality on real weights)."},
+    )
     date_string: str = field(
         default="26 Jul 2024",
         metadata={"help": "Date passed to the chat template (Llama 3.x writes today's date otherwise)."},
@@ -98,6 +119,8 @@ class DataArguments:
             raise UserError(f"column_map must map standard names to your column names, got {self.column_map!r}")
         if self.truncation not in TRUNCATION_MODES:
             raise UserError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation!r}")
+        if self.effective_batch_size is not None and self.effective_batch_size < 1:
+            raise UserError(f"effective_batch_size must be at least 1, got {self.effective_batch_size}")
         if not 0.0 <= self.max_dropped_fraction <= 1.0:
             raise UserError(f"max_dropped_fraction must lie in [0, 1], got {self.max_dropped_fraction}")
 
@@ -112,6 +135,8 @@ class Recipe:
     model: ModelConfig
     notices: list[str] = field(default_factory=list)  # printed when training starts
     declared_dtype: str | None = None  # the recipe's dtype before any CPU fallback (what `sft plan` plans for)
+    auto: frozenset[str] = frozenset()  # keys set to `auto`, chosen by the plan (sft.plan.apply_auto)
+    auto_choices: dict = field(default_factory=dict)  # key -> {"value", "why"}, once chosen (written to the manifest)
 
 
 def _parse(parser: TrlParser, overrides: list[str] | None, path: Path | None):
@@ -156,6 +181,34 @@ def _cpu_only(config: dict, notices: list[str]) -> None:
     notices.append("no GPU found: training on CPU in fp32" + (f" ({', '.join(switched)} off)" if switched else ""))
 
 
+def _take_auto(config: dict, overrides: list[str]) -> tuple[set[str], list[str], dict]:
+    """Keys set to `auto` in the file or on the command line (a command-line value replaces the file's `auto`).
+
+    Returns the auto keys, the overrides without them, and the file's own values of keys the command line set to
+    `auto` (the effective batch a file states stays the target when `--per_device_train_batch_size auto`).
+    """
+    auto = {key for key in AUTO_KEYS if str(config.get(key)).lower() == "auto"}
+    for key in auto:
+        del config[key]
+    kept, stated, index = [], {}, 0
+    while index < len(overrides):
+        item = overrides[index]
+        key, _, inline = item[2:].partition("=") if item.startswith("--") else ("", "", "")
+        if key in AUTO_KEYS:
+            value = inline if "=" in item else (overrides[index + 1] if index + 1 < len(overrides) else "")
+            step = 1 if "=" in item else 2
+            if value.lower() == "auto":
+                auto.add(key)
+                if key in config:
+                    stated[key] = config.pop(key)
+                index += step
+                continue
+            auto.discard(key)
+        kept.append(item)
+        index += 1
+    return auto, kept, stated
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cuda: bool | None = None) -> Recipe:
     """Parse `path` (YAML) with command-line style `overrides` (`--key value`) into a Recipe."""
     import torch
@@ -181,6 +234,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
             if key not in known:
                 raise UserError(f"{path}:{_line_of(text, key)}: unknown key {key!r}{_did_you_mean(key, known)}")
     notices: list[str] = []
+    auto, overrides, stated = _take_auto(config, list(overrides or []))
     declared_dtype = config.get("dtype")
     if not cuda:
         _cpu_only(config, notices)
@@ -203,6 +257,11 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
         training.output_dir = str(Path("outputs") / (path.stem if path else "run"))
     if "--dtype" in (overrides or []):
         declared_dtype = model.dtype
+    if "per_device_train_batch_size" in auto and data.effective_batch_size is None:
+        if "per_device_train_batch_size" not in stated:
+            raise UserError("per_device_train_batch_size: auto needs effective_batch_size (rows per optimizer step "
+                            "on one GPU), e.g. effective_batch_size: 4")
+        data.effective_batch_size = int(stated["per_device_train_batch_size"]) * training.gradient_accumulation_steps
     return Recipe(path=path, data=data, training=training, model=model, notices=notices,
-                  declared_dtype=declared_dtype)
+                  declared_dtype=declared_dtype, auto=frozenset(auto))
 

@@ -57,6 +57,7 @@ def write_manifest(recipe, output_dir: str | Path, fit_reports: list, metrics: d
         "versions": _versions(),
         "git_commit": _git_commit(),
         "data_files": {name: {"path": path, "sha256": sha256_of(path)} for name, path in data_files.items() if path},
+        "auto_choices": _plain(recipe.auto_choices),  # what the plan chose for `auto` keys, and why
         "rows": {report.name: dict(report.counts) for report in fit_reports},
         "metrics": _plain(metrics),
     }

@@ -12,7 +12,8 @@ from sft.collator import CompletionOnlyCollator
 from sft.dataset import FitReport, fit_to_length, load_rows
 from sft.errors import UserError
 from sft.guards import DivergenceGuard, SaveOnInterrupt, check_output_dir, last_checkpoint
-from sft.model import load_model, load_processing_class, lora_config
+from sft.model import liger_unavailable, load_config, load_model, load_processing_class, lora_config
+from sft.plan import apply_auto
 from sft.recipe import Recipe
 from sft.run_outputs import losses, plot_loss, write_manifest
 from sft.trainer import GenerationAccuracySFTTrainer
@@ -46,6 +47,16 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     for notice in recipe.notices:
         log(f"notice: {notice}")
 
+    # ---- plan: `auto` checkpointing and micro-batch, fused kernels where they run ---------------------------------
+    plan = apply_auto(recipe)
+    for decision in plan.decisions if plan else ():
+        log(f"plan: {decision}")
+    if args.use_liger_kernel:
+        reason = liger_unavailable(load_config(model_args, args.trust_remote_code).model_type)
+        if reason:
+            log(f"notice: {reason}")
+            args.use_liger_kernel = False
+
     # ---- seed ------------------------------------------------------------------------------------------------
     set_seed(args.seed)
 
@@ -71,7 +82,8 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
         reports.append(eval_report)
 
     # ---- model -------------------------------------------------------------------------------------------------
-    model = load_model(model_args, args.gradient_checkpointing, args.trust_remote_code)
+    model = load_model(model_args, args.gradient_checkpointing, args.trust_remote_code,
+                       fp32_upcast=data.kbit_fp32_upcast, int8_threshold=data.llm_int8_threshold)
 
     # ---- trainer -----------------------------------------------------------------------------------------------
     # The collator builds input_ids and labels itself, so TRL must not tokenize the rows again.
