@@ -40,5 +40,5 @@ def split_rows(rows: Dataset, size: float, seed: int, where: str) -> tuple[Datas
     train = rows.select([i for i in range(len(rows)) if i not in held_set])
     evaluation = rows.select(held)
     record = {"from": where, "eval_split_size": size, "eval_split_seed": seed, "eval_rows": count,
-              "train_rows": len(train), "row_numbers": evaluation["row"]}
+              "train_rows": len(train), "row_numbers": [int(n) for n in evaluation["row"]]}
     return train, evaluation, record

@@ -33,10 +33,25 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
 
 @dataclass
 class Generated:
-    """One row's prompt as the model saw it (special and image tokens left out) and its greedy reply."""
+    """One row's prompt as the model saw it (`readable_prompt`) and its greedy reply."""
 
     prompt: str
     reply: str
+
+
+def readable_prompt(tokenizer, ids: list[int]) -> str:
+    """The prompt read back from the very ids the model got (so it shows what the collator rendered), each run of
+    special tokens (template headers, image placeholders, padding) shown as one space."""
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    runs, run = [], []
+    for token in ids + [None]:
+        if token is None or token in special:
+            if run:
+                runs.append(tokenizer.decode(run))
+            run = []
+        else:
+            run.append(token)
+    return " ".join(text.strip() for text in runs if text.strip())
 
 
 @torch.no_grad()
@@ -56,8 +71,7 @@ def generate(model, collator: CompletionOnlyCollator, examples: list[dict], batc
                                     pad_token_id=tokenizer.pad_token_id)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
             decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            # The prompt is read back from the very ids the model got, so it shows what the collator rendered.
-            prompts = tokenizer.batch_decode(inputs["input_ids"], skip_special_tokens=True)
+            prompts = [readable_prompt(tokenizer, ids) for ids in inputs["input_ids"].tolist()]
             generated += [Generated(prompt, answer_of(text, family)) for prompt, text in zip(prompts, decoded)]
     finally:
         model.train(was_training)
