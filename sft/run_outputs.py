@@ -9,11 +9,11 @@ from importlib import metadata
 from pathlib import Path
 
 from sft.dataset import sha256_of
+from sft.metrics import METRICS
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "deepspeed",
             "sacrebleu", "rouge-score")
-# Trainer's bookkeeping in every eval log entry; every other `eval_*` value is a metric worth a curve.
-NOT_METRICS = ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+
 SECRET_KEYS = ("hub_token", "push_to_hub_token", "token")
 
 
@@ -72,12 +72,14 @@ def write_manifest(recipe, output_dir: str | Path, fit_reports: list, metrics: d
 
 
 def eval_metric_points(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    """Each eval metric (`eval_accuracy`, `eval_rouge_l`, ...) as (step, value) points, in log order."""
+    """Each generation metric (`eval_exact_match`, `eval_rouge_l`, ...: sft/metrics.py) as (step, value) points, in
+    log order. TRL's token-level eval values (entropy, mean_token_accuracy, num_tokens) stay in trainer_state.json."""
+    keys = [f"eval_{name}" for name in METRICS]
     points: dict[str, list[tuple[int, float]]] = {}
     for entry in log_history:
-        for key, value in entry.items():
-            if key.startswith("eval_") and key not in NOT_METRICS and isinstance(value, int | float):
-                points.setdefault(key, []).append((entry["step"], value))
+        for key in keys:
+            if key in entry:
+                points.setdefault(key, []).append((entry["step"], entry[key]))
     return points
 
 
@@ -88,6 +90,7 @@ def plot_loss(log_history: list[dict], path: str | Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
     evals = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
@@ -102,6 +105,9 @@ def plot_loss(log_history: list[dict], path: str | Path) -> Path | None:
     for points, label in ((train, "train loss"), (evals, "eval loss")):
         if points:
             loss_axes.plot(*zip(*points), marker="o" if label == "eval loss" else None, label=label)
+    for row in axes:
+        for panel_axes in row:
+            panel_axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     loss_axes.set_xlabel("step")
     loss_axes.set_ylabel("loss")
     loss_axes.legend()

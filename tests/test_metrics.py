@@ -129,7 +129,9 @@ def test_markdown_table_escapes_cells():
     assert table.splitlines()[2] == "| 3 | a\\|b | p q |  | rouge_l 0.5 |"
 
 
-def test_eval_metric_points_skip_trainer_bookkeeping():
+def test_the_curves_show_the_generation_metrics_once_each():
     history = [{"loss": 1.0, "step": 1}, {"eval_loss": 0.9, "eval_rouge_l": 0.2, "eval_runtime": 1.0, "step": 2},
-               {"eval_loss": 0.8, "eval_rouge_l": 0.4, "eval_chrf": 30.0, "step": 4}]
-    assert eval_metric_points(history) == {"eval_rouge_l": [(2, 0.2), (4, 0.4)], "eval_chrf": [(4, 30.0)]}
+               {"eval_loss": 0.8, "eval_rouge_l": 0.4, "eval_chrf": 30.0, "eval_num_tokens": 700, "step": 4},
+               {"eval_exact_match": 0.5, "eval_accuracy": 0.5, "step": 4}]
+    assert eval_metric_points(history) == {"eval_exact_match": [(4, 0.5)], "eval_chrf": [(4, 30.0)],
+                                           "eval_rouge_l": [(2, 0.2), (4, 0.4)]}
