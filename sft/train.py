@@ -96,8 +96,12 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     if eval_metrics:
         bleu = f"; BLEU tokenize {bleu_tokenizer([reference(r) for r in eval_rows])}" if "bleu" in eval_metrics else ""
         log(f"eval metrics: {', '.join(eval_metrics)} ({why}{bleu})")
-    if eval_rows is not None:
+    if eval_metrics:
         check_metric_for_best_model(args.metric_for_best_model, eval_metrics)
+    elif eval_rows is not None and args.metric_for_best_model not in (None, "loss", "eval_loss"):
+        # Kept as before this check existed (runs shorter than an epoch never evaluate); Trainer names it if one does.
+        log(f"notice: eval_generation is off, so no evaluation reports metric_for_best_model "
+            f"{args.metric_for_best_model!r}")
     predictions_dir = Path(args.output_dir) / "eval_predictions"
     if not resume and predictions_dir.is_dir():
         shutil.rmtree(predictions_dir, ignore_errors=True)  # a fresh run: no earlier run's predictions beside it
