@@ -51,8 +51,9 @@ class RougeTokenizer:
 
 
 def metric_names(value: str | list[str]) -> list[str]:
-    """Metric names from a list or a comma-separated string, each checked against METRICS."""
-    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
+    """Metric names from a list or comma-separated strings (`--eval_metrics rouge_l,chrf`), each checked."""
+    items = [value] if isinstance(value, str) else list(value)
+    names = [n.strip() for item in items for n in str(item).split(",")]
     for name in names:
         if name not in METRICS:
             close = difflib.get_close_matches(str(name), list(METRICS), n=1)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from sft.cli import main as sft
 from sft.dataset import load_rows
 from sft.errors import UserError
 from sft.eval_split import held_out_positions, split_rows
@@ -103,6 +104,11 @@ def test_each_evaluation_writes_its_predictions_and_predict_reports_the_same_met
     assert result["metrics_why"] == "the run's eval metrics" and result["scored"] == 4
     assert result["predictions"] == [r["prediction"] for r in final]
     assert result["metrics"] == pytest.approx({"rouge_l": metrics["eval_rouge_l"], "chrf": metrics["eval_chrf"]})
+    capfd.readouterr()
+    assert sft(["predict", str(run), "--out", str(tmp_path / "cli.jsonl"), "--batch-size", "4"]) == 0
+    printed = capfd.readouterr().out
+    assert f"rouge_l {metrics['eval_rouge_l']:.4g}, chrf {metrics['eval_chrf']:.4g} on 4 rows (the run's eval " \
+           f"metrics) of {data} (the rows held out for eval)" in printed
 
 
 def test_early_stopping_on_a_text_metric(tiny_models, tmp_path):

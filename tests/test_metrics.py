@@ -102,6 +102,7 @@ def test_default_metrics_fit_the_references():
 def test_metric_names_accept_a_list_or_commas_and_name_an_unknown_one():
     assert metric_names("rouge_l, chrf") == ["rouge_l", "chrf"]
     assert metric_names(["bleu"]) == ["bleu"]
+    assert metric_names(["rouge_l,chrf", "bleu"]) == ["rouge_l", "chrf", "bleu"]
     with pytest.raises(UserError, match=r"eval_metrics: unknown metric 'rougeL' \(did you mean 'rouge_l'\?\)"):
         metric_names(["rougeL"])
 
