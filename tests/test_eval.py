@@ -15,7 +15,7 @@ from sft.metrics import score
 from sft.predict import default_data, held_out_rows, predict
 from sft.recipe import load_recipe
 from sft.train import main as train
-from tests.conftest import write_jsonl, write_recipe
+from tests.conftest import REPO, write_jsonl, write_recipe
 
 TERMS = [
     ("rebar", "Rebar is a steel bar used to reinforce concrete."),
@@ -132,3 +132,11 @@ def test_a_best_model_metric_the_evaluation_does_not_report_is_refused_before_tr
     with pytest.raises(UserError, match=r"metric_for_best_model: 'accuracy' is not reported .* rouge_l, chrf"):
         train(recipe)
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
+
+
+def test_the_construction_recipe_is_evaluated_on_a_held_out_split_by_rouge_l():
+    recipe = load_recipe(REPO / "recipes/llama11b_construction.yaml")
+    assert (recipe.data.eval_split_size, recipe.data.eval_split_seed) == (0.05, 42)
+    assert recipe.data.eval_metrics == ["rouge_l", "chrf", "bleu"] and recipe.data.eval_file is None
+    assert recipe.training.eval_strategy == "epoch" and recipe.training.load_best_model_at_end
+    assert recipe.training.metric_for_best_model == "rouge_l" and recipe.training.greater_is_better
