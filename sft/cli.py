@@ -153,21 +153,25 @@ def cmd_merge(args, overrides) -> int:
 def cmd_predict(args, overrides) -> int:
     import json
 
-    from sft.predict import default_data, predict
+    from sft.metrics import metric_names
+    from sft.predict import default_data, held_out_rows, predict
 
     _no_overrides("predict", overrides)
     model = _run_dir(args.model)
     data, image_root, column_map = (args.data, args.image_root, None) if args.data else default_data(model)
+    rows = None if args.data else held_out_rows(model)
     if args.column_map:
         column_map = json.loads(args.column_map)
+    metrics = metric_names(args.metrics) if args.metrics else None
     out = args.out or str(Path("predictions") / f"{Path(model).name}.jsonl")
     result = predict(model, data, out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                     image_root=args.image_root or image_root, column_map=column_map)
-    where = f" of {data}, wrote {out}"
-    if result["accuracy"] is None:
+                     image_root=args.image_root or image_root, column_map=column_map, rows=rows, metrics=metrics)
+    where = f" of {data}{' (the rows held out for eval)' if rows else ''}, wrote {out}"
+    if not result["scored"]:
         print(f"predicted {result['rows']} rows (none has a reference){where}")
     else:
-        print(f"exact-match accuracy {result['accuracy']:.4f} on {result['scored']} rows{where}")
+        scores = ", ".join(f"{name} {value:.4g}" for name, value in result["metrics"].items())
+        print(f"{scores} on {result['scored']} rows ({result['metrics_why']}){where}")
     return 0
 
 
@@ -233,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.set_defaults(run_command=cmd_merge)
 
     predict = commands.add_parser("predict",
-                                  help="greedy replies per row; exact-match accuracy when rows have them")
+                                  help="greedy replies per row; the run's eval metrics when rows have replies")
     predict.add_argument("model", nargs="?", help="a run dir or a merged model folder (default: latest run)")
     predict.add_argument("data", nargs="?", help="JSONL rows, replies optional (default: the run's eval_file)")
     predict.add_argument("--out", help="predictions JSONL (default: predictions/<model>.jsonl)")
@@ -241,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--max-new-tokens", type=int)
     predict.add_argument("--image-root")
     predict.add_argument("--column-map", help='JSON, e.g. {"completion": "target"}')
+    predict.add_argument("--metrics", help="comma-separated, e.g. rouge_l,chrf (default: the run's eval metrics)")
     predict.set_defaults(run_command=cmd_predict)
     return parser
 

@@ -1,12 +1,15 @@
-"""Greedy generation on rows and exact-match accuracy (the element data's metric)."""
+"""Greedy generation on rows: the replies that the metrics (sft/metrics.py) score, and the prompts they answer."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from sft.collator import CompletionOnlyCollator
 from sft.families import Family, family_for_processor
 from sft.messages import text_of
+from sft.metrics import score
 
 
 def reference(example: dict) -> str | None:
@@ -24,22 +27,43 @@ def answer_of(generated: str, family: Family | None) -> str:
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
-    """Share of predictions equal to their reference after stripping surrounding whitespace."""
-    if not references:
-        return 0.0
-    return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / len(references)
+    """Share of predictions equal to their reference after stripping surrounding whitespace (sft.metrics' rule)."""
+    return score(["exact_match"], predictions, references).overall.get("exact_match", 0.0)
+
+
+@dataclass
+class Generated:
+    """One row's prompt as the model saw it (`readable_prompt`) and its greedy reply."""
+
+    prompt: str
+    reply: str
+
+
+def readable_prompt(tokenizer, ids: list[int]) -> str:
+    """The prompt read back from the very ids the model got (so it shows what the collator rendered), each run of
+    special tokens (template headers, image placeholders, padding) shown as one space."""
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    runs, run = [], []
+    for token in ids + [None]:
+        if token is None or token in special:
+            if run:
+                runs.append(tokenizer.decode(run))
+            run = []
+        else:
+            run.append(token)
+    return " ".join(text.strip() for text in runs if text.strip())
 
 
 @torch.no_grad()
-def generate_replies(model, collator: CompletionOnlyCollator, examples: list[dict], batch_size: int = 8,
-                     max_new_tokens: int = 32) -> list[str]:
+def generate(model, collator: CompletionOnlyCollator, examples: list[dict], batch_size: int = 8,
+             max_new_tokens: int = 32) -> list[Generated]:
     """Greedy replies to each row's prompt (every turn before its last reply), images included."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     tokenizer = collator.tokenizer
     family = family_for_processor(collator.processing_class) if collator.is_processor else None
-    replies = []
+    generated = []
     try:
         for start in range(0, len(examples), batch_size):
             inputs = collator.generation_inputs(examples[start:start + batch_size]).to(device)
@@ -47,10 +71,17 @@ def generate_replies(model, collator: CompletionOnlyCollator, examples: list[dic
                                     pad_token_id=tokenizer.pad_token_id)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
             decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            replies += [answer_of(text, family) for text in decoded]
+            prompts = [readable_prompt(tokenizer, ids) for ids in inputs["input_ids"].tolist()]
+            generated += [Generated(prompt, answer_of(text, family)) for prompt, text in zip(prompts, decoded)]
     finally:
         model.train(was_training)
-    return replies
+    return generated
+
+
+def generate_replies(model, collator: CompletionOnlyCollator, examples: list[dict], batch_size: int = 8,
+                     max_new_tokens: int = 32) -> list[str]:
+    """Greedy replies only (see `generate`)."""
+    return [g.reply for g in generate(model, collator, examples, batch_size, max_new_tokens)]
 
 
 def max_reply_tokens(collator: CompletionOnlyCollator, examples: list[dict], slack: int = 8) -> int:

@@ -9,7 +9,8 @@ from sft.collator import CompletionOnlyCollator
 from sft.dataset import raise_on_errors
 from sft.errors import UserError
 from sft.export import load_base, load_with_adapter
-from sft.generation import exact_match, generate_replies, max_reply_tokens, reference
+from sft.generation import generate_replies, max_reply_tokens, reference
+from sft.metrics import default_metrics, score
 from sft.model import load_processor
 from sft.recipe import DataArguments
 from sft.rows import RowError, iter_rows
@@ -31,22 +32,46 @@ def load_for_inference(path: str | Path):
     return model, processing_class, date_string or DataArguments.date_string
 
 
-def default_data(path: str | Path) -> tuple[str, str | None, dict | None]:
-    """The eval file (with its image_root and column_map) recorded in the manifest of a run or merged folder."""
+def _manifest(path: str | Path) -> dict:
     manifest_path = Path(path) / "run_manifest.json"
-    data = json.loads(manifest_path.read_text(encoding="utf-8")).get("recipe", {}).get("data", {}) \
-        if manifest_path.is_file() else {}
-    if not data.get("eval_file"):
-        raise UserError(f"{path}: no DATA given and no eval_file recorded in its run_manifest.json")
-    return data["eval_file"], data.get("image_root"), data.get("column_map")
+    return json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+
+
+def default_data(path: str | Path) -> tuple[str, str | None, dict | None]:
+    """The eval rows' file (with its image_root and column_map) recorded in the manifest of a run or merged folder:
+    its eval_file, or its train_file when the eval rows were held out of it (`held_out_rows` says which)."""
+    data = _manifest(path).get("recipe", {}).get("data", {})
+    file = data.get("eval_file") or (data.get("train_file") if held_out_rows(path) else None)
+    if not file:
+        raise UserError(f"{path}: no DATA given and no eval_file or eval_split_size recorded in its "
+                        "run_manifest.json")
+    return file, data.get("image_root"), data.get("column_map")
+
+
+def held_out_rows(path: str | Path) -> list[int] | None:
+    """Row numbers of the train_file rows that the run held out for evaluation (eval_split_size), if it did."""
+    split = (_manifest(path).get("evaluation") or {}).get("split") or {}
+    return split.get("row_numbers")
+
+
+def recorded_metrics(path: str | Path) -> list[str] | None:
+    """The generation metrics the run was evaluated with, as its manifest records them."""
+    return (_manifest(path).get("evaluation") or {}).get("metrics") or None
 
 
 def predict(path: str | Path, data: str | Path, out: str | Path | None = None, batch_size: int = 8,
             max_new_tokens: int | None = None, image_root: str | None = None,
-            column_map: dict | None = None) -> dict:
-    """Write `{row, prediction, reference}` per row to `out` (JSONL); return accuracy over rows with a reference."""
+            column_map: dict | None = None, rows: list[int] | None = None, metrics: list[str] | None = None) -> dict:
+    """Write `{row, prediction, reference}` per row to `out` (JSONL); score the rows that have a reference.
+
+    `rows` keeps only those row numbers of `data`. `metrics` default to the ones the run was evaluated with (its
+    manifest), else to what fits the references (sft.metrics.default_metrics), so the numbers match training's.
+    """
     items = list(iter_rows(data, image_root, column_map, require_reply=False))
     raise_on_errors([item for item in items if isinstance(item, RowError)])
+    if rows is not None:
+        wanted = set(rows)
+        items = [item for item in items if item["row"] in wanted]
     if not items:
         raise UserError(f"{data}: no rows")
     model, processing_class, date_string = load_for_inference(path)
@@ -61,5 +86,12 @@ def predict(path: str | Path, data: str | Path, out: str | Path | None = None, b
                 handle.write(json.dumps({"row": item["row"], "prediction": prediction, "reference": ref},
                                         ensure_ascii=False) + "\n")
     scored = [(p, r) for p, r in zip(predictions, references) if r is not None]
-    accuracy = exact_match(*zip(*scored)) if scored else None
-    return {"rows": len(items), "scored": len(scored), "accuracy": accuracy, "predictions": predictions}
+    if metrics:
+        why = "given"
+    elif recorded_metrics(path):
+        metrics, why = recorded_metrics(path), "the run's eval metrics"
+    else:
+        metrics, why = default_metrics([r for _, r in scored])
+    overall = score(metrics, *map(list, zip(*scored))).overall if scored else {}
+    return {"rows": len(items), "scored": len(scored), "metrics": overall, "metrics_why": why,
+            "accuracy": overall.get("accuracy"), "predictions": predictions}

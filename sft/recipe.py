@@ -18,6 +18,7 @@ from trl import ModelConfig, SFTConfig, TrlParser
 
 from sft.errors import UserError
 from sft.families import vision_module_names
+from sft.metrics import METRICS, metric_names
 
 # q/k/v/o of the language model only: the vision tower and projector have q/k/v/o too, and PEFT matches a string
 # target as a full regex, so they are excluded by the family table's vision module names.
@@ -73,10 +74,28 @@ class DataArguments:
         default=0.05, metadata={"help": "Refuse to train when more than this share of rows is dropped."}
     )
     early_stopping_patience: int = field(
-        default=3, metadata={"help": "Evaluations without improvement before stopping (needs eval_file; 0 = off)."}
+        default=3, metadata={"help": "Evaluations without improvement before stopping (needs eval rows; 0 = off)."}
     )
     eval_generation: bool = field(
-        default=True, metadata={"help": "Also generate on eval rows and report exact-match `eval_accuracy`."}
+        default=True, metadata={"help": "Also generate greedy replies on eval rows and score them (eval_metrics)."}
+    )
+    eval_metrics: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Metrics of the generated replies, each logged as eval_<name> and usable as "
+            f"metric_for_best_model: {', '.join(METRICS)} (exact_match also as eval_accuracy). Default: chosen "
+            "from the eval references (short one-line answers: exact_match; longer: rouge_l and chrf).",
+        },
+    )
+    eval_split_size: float = field(
+        default=0.0,
+        metadata={
+            "help": "Hold out train_file rows as the eval split: a share (0 < x < 1) or a number of rows (x >= 1); "
+            "the same rows every run for the same file and eval_split_seed. Not together with eval_file; 0 = off.",
+        },
+    )
+    eval_split_seed: int = field(
+        default=42, metadata={"help": "Seed choosing the eval_split_size rows (independent of the training seed)."}
     )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace another run's checkpoints in output_dir (refused otherwise)."}
@@ -123,6 +142,13 @@ class DataArguments:
             raise UserError(f"effective_batch_size must be at least 1, got {self.effective_batch_size}")
         if not 0.0 <= self.max_dropped_fraction <= 1.0:
             raise UserError(f"max_dropped_fraction must lie in [0, 1], got {self.max_dropped_fraction}")
+        if self.eval_metrics is not None:  # a list, or `eval_metrics: rouge_l, chrf` in YAML
+            self.eval_metrics = metric_names(self.eval_metrics)
+        size = self.eval_split_size
+        if size < 0 or (size >= 1 and size != int(size)):
+            raise UserError(f"eval_split_size must be a share in (0, 1) or a whole number of rows, got {size}")
+        if self.eval_split_size and self.eval_file:
+            raise UserError("eval_file and eval_split_size are both set; give one source of eval rows")
 
 
 @dataclass
@@ -240,8 +266,9 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
         _cpu_only(config, notices)
     parser.set_defaults_with_config(**config)
     data, training, model, extra = _parse(parser, overrides, path)
-    if data.eval_file and "eval_strategy" not in config and training.eval_strategy == "no":
-        # An eval file means: evaluate and checkpoint each epoch, keep the best (what early stopping needs).
+    if (data.eval_file or data.eval_split_size) and "eval_strategy" not in config and training.eval_strategy == "no":
+        # Eval rows (a file or a held-out split) mean: evaluate and checkpoint each epoch, keep the best (what early
+        # stopping needs).
         parser.set_defaults_with_config(**EVAL_DEFAULTS)
         data, training, model, extra = _parse(parser, overrides, path)
     for item in extra:

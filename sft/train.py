@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -11,21 +12,23 @@ from transformers import EarlyStoppingCallback, set_seed
 from sft.collator import CompletionOnlyCollator
 from sft.dataset import FitReport, fit_to_length, load_rows
 from sft.errors import UserError
+from sft.eval_split import split_rows
+from sft.generation import reference
 from sft.guards import DivergenceGuard, SaveOnInterrupt, check_output_dir, last_checkpoint
+from sft.metrics import bleu_tokenizer, check_metric_for_best_model, default_metrics
 from sft.model import liger_unavailable, load_config, load_model, load_processing_class, lora_config
 from sft.plan import apply_auto
 from sft.recipe import Recipe
 from sft.run_outputs import losses, plot_loss, write_manifest
-from sft.trainer import GenerationAccuracySFTTrainer
+from sft.trainer import GenerationMetricsSFTTrainer
 
 
 def log(message: str) -> None:
     print(f"[sft] {message}", file=sys.stderr, flush=True)
 
 
-def prepare_split(recipe: Recipe, collator: CompletionOnlyCollator, name: str, file: str):
-    """Rows of one file, measured against max_length; prints the kept/dropped/truncated counts."""
-    rows = load_rows(file, recipe.data.image_root, recipe.data.column_map)
+def prepare_split(recipe: Recipe, collator: CompletionOnlyCollator, name: str, rows):
+    """Rows of one split, measured against max_length; prints the kept/dropped/truncated counts."""
     kept, report = fit_to_length(rows, collator, recipe.training.max_length, recipe.data.truncation, name,
                                  num_proc=recipe.training.dataset_num_proc)
     log(str(report))
@@ -40,6 +43,16 @@ def check_fit(report: FitReport, kept_rows: int, limit: float) -> None:
         raise UserError(f"{report.name}: {report.counts['dropped']} of {report.total} rows "
                         f"({report.dropped_fraction:.1%}) do not fit max_length, more than max_dropped_fraction "
                         f"{limit:.0%}; raise max_length, set truncation: shorten_prompt, or clean the data")
+
+
+def choose_eval_metrics(recipe: Recipe, eval_rows) -> tuple[list[str], str]:
+    """The generation metrics of this run and why (the recipe's `eval_metrics`, or what fits the references)."""
+    if eval_rows is None or not recipe.data.eval_generation:
+        return [], "no generation at eval"
+    if recipe.data.eval_metrics:
+        return list(recipe.data.eval_metrics), "eval_metrics in the recipe"
+    metrics, why = default_metrics([reference(row) for row in eval_rows])
+    return metrics, f"chosen from the data: {why}; set eval_metrics to choose"
 
 
 def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
@@ -73,13 +86,36 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
         raise UserError(f"{args.output_dir}: no checkpoint to resume from")
 
     # ---- data: validated, measured, counted before any weights load ----------------------------------------
-    train_rows, train_report = prepare_split(recipe, collator, "train", data.train_file)
+    train_rows = load_rows(data.train_file, data.image_root, data.column_map)
+    eval_rows = load_rows(data.eval_file, data.image_root, data.column_map) if data.eval_file else None
+    eval_split = None
+    if data.eval_split_size:
+        train_rows, eval_rows, eval_split = split_rows(train_rows, data.eval_split_size, data.eval_split_seed,
+                                                       data.train_file)
+        log(f"eval split: {eval_split['eval_rows']} of {len(train_rows) + len(eval_rows)} rows of "
+            f"{data.train_file} held out (eval_split_size {data.eval_split_size:g}, seed {data.eval_split_seed})")
+    train_rows, train_report = prepare_split(recipe, collator, "train", train_rows)
     check_fit(train_report, len(train_rows), data.max_dropped_fraction)
-    reports, eval_rows = [train_report], None
-    if data.eval_file:
-        eval_rows, eval_report = prepare_split(recipe, collator, "eval", data.eval_file)
+    reports = [train_report]
+    if eval_rows is not None:
+        eval_rows, eval_report = prepare_split(recipe, collator, "eval", eval_rows)
         check_fit(eval_report, len(eval_rows), data.max_dropped_fraction)
         reports.append(eval_report)
+
+    # ---- eval metrics: what fits the references; refused before weights load if best-model needs another -----
+    eval_metrics, why = choose_eval_metrics(recipe, eval_rows)
+    if eval_metrics:
+        bleu = f"; BLEU tokenize {bleu_tokenizer([reference(r) for r in eval_rows])}" if "bleu" in eval_metrics else ""
+        log(f"eval metrics: {', '.join(eval_metrics)} ({why}{bleu})")
+    if eval_metrics:
+        check_metric_for_best_model(args.metric_for_best_model, eval_metrics)
+    elif eval_rows is not None and args.metric_for_best_model not in (None, "loss", "eval_loss"):
+        # Kept as before this check existed (runs shorter than an epoch never evaluate); Trainer names it if one does.
+        log(f"notice: eval_generation is off, so no evaluation reports metric_for_best_model "
+            f"{args.metric_for_best_model!r}")
+    predictions_dir = Path(args.output_dir) / "eval_predictions"
+    if not resume and predictions_dir.is_dir():
+        shutil.rmtree(predictions_dir, ignore_errors=True)  # a fresh run: no earlier run's predictions beside it
 
     # ---- model -------------------------------------------------------------------------------------------------
     model = load_model(model_args, args.gradient_checkpointing, args.trust_remote_code,
@@ -92,10 +128,11 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     callbacks = [interrupt, divergence, *(extra_callbacks or [])]
     if eval_rows is not None and data.early_stopping_patience > 0 and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data.early_stopping_patience))
-    trainer = GenerationAccuracySFTTrainer(
+    trainer = GenerationMetricsSFTTrainer(
         model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows, data_collator=collator,
         processing_class=processing_class, peft_config=lora_config(model_args), callbacks=callbacks,
-        generation_rows=list(eval_rows) if eval_rows is not None and data.eval_generation else None,
+        generation_rows=list(eval_rows) if eval_metrics else None, eval_metrics=eval_metrics,
+        predictions_dir=predictions_dir,
     )
 
     # ---- train -------------------------------------------------------------------------------------------------
@@ -117,7 +154,7 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     if torch.cuda.is_available():
         metrics["gpu_peak_memory_gib"] = torch.cuda.max_memory_allocated() / 1024**3
     if eval_rows is not None:
-        metrics |= trainer.evaluate()
+        metrics |= trainer.evaluate(predictions_name="final")  # the model saved below (the best one, if kept)
     out = Path(args.output_dir)
     trainer.save_model(str(out))  # every rank takes part (DeepSpeed gathers); only the main one writes
     trainer.save_state()
@@ -126,9 +163,12 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     if not trainer.is_world_process_zero():
         return metrics
     processing_class.save_pretrained(str(out))
-    write_manifest(recipe, out, reports, metrics, base_config=model.config)
+    write_manifest(recipe, out, reports, metrics, base_config=model.config,
+                   evaluation={"metrics": eval_metrics, "why": why, "split": eval_split} if eval_rows is not None
+                   else None)
     plot_loss(trainer.state.log_history, out / "loss_curve.png")
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                        if k in ("first_loss", "last_loss", "eval_loss", "eval_accuracy") and v is not None)
+                        if k in ("first_loss", "last_loss", "eval_loss", *(f"eval_{m}" for m in eval_metrics))
+                        and v is not None)
     log(f"done: {summary}; wrote {out}")
     return metrics

@@ -1,25 +1,34 @@
-"""TRL's SFTTrainer plus one thing it lacks for this data: generation-based exact-match accuracy at eval time."""
+"""TRL's SFTTrainer plus what it lacks for this data: metrics on generated replies at eval time, and the replies."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from peft import PeftModel
 from transformers import Trainer
 from trl import SFTTrainer
 
-from sft.generation import exact_match, generate_replies, max_reply_tokens, reference
+from sft.eval_predictions import prediction_records, report_predictions, write_predictions
+from sft.generation import generate, max_reply_tokens, reference
+from sft.metrics import score
 
 
-class GenerationAccuracySFTTrainer(SFTTrainer):
-    """Adds `eval_accuracy` (greedy generation vs. the reference reply) to every evaluation's metrics.
+class GenerationMetricsSFTTrainer(SFTTrainer):
+    """Adds the generation metrics (`eval_accuracy`, `eval_rouge_l`, `eval_chrf`, ...: sft/metrics.py) of greedy
+    replies to every evaluation, and writes the replies to `predictions_dir/step-N.jsonl`.
 
-    It is added inside `evaluation_loop`, before Trainer logs the metrics and hands them to the callbacks, so
-    `metric_for_best_model: accuracy` and EarlyStoppingCallback can use it like any other metric.
+    The metrics are added inside `evaluation_loop`, before Trainer logs them and hands them to the callbacks, so
+    `metric_for_best_model: rouge_l` and EarlyStoppingCallback use them like any other metric.
     """
 
-    def __init__(self, *args, generation_rows: list[dict] | None = None, **kwargs):
+    def __init__(self, *args, generation_rows: list[dict] | None = None, eval_metrics: list[str] | None = None,
+                 predictions_dir: str | Path | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.generation_rows = generation_rows
+        self.eval_metrics = list(eval_metrics or [])
+        self.predictions_dir = Path(predictions_dir) if predictions_dir is not None else None
+        self.predictions_name: str | None = None  # set by `evaluate(predictions_name=...)`; else step-N
         # TRL 1.16 casts the LoRA weights of a quantized model to bf16 here, but PEFT's load_adapter restores them
         # in fp32 when a run resumes, so the resumed run would go on at another precision than the one it left
         # (max adapter difference 1.7e-3 after 8 steps on the tiny Mllama). Keep them fp32 from the start; compute
@@ -39,16 +48,33 @@ class GenerationAccuracySFTTrainer(SFTTrainer):
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    def evaluate(self, *args, predictions_name: str | None = None, **kwargs) -> dict[str, float]:
+        """Trainer's evaluate; `predictions_name` names the predictions file instead of `step-N` (the final
+        evaluation of the best model runs at the last step, whose own file it must not replace)."""
+        self.predictions_name = predictions_name
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.predictions_name = None
+
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval"):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                          metric_key_prefix)
-        if self.generation_rows:
-            collator = self.data_collator
-            model = self.accelerator.unwrap_model(self.model)
-            replies = generate_replies(model, collator, self.generation_rows,
-                                       batch_size=self.args.per_device_eval_batch_size,
-                                       max_new_tokens=max_reply_tokens(collator, self.generation_rows))
-            output.metrics[f"{metric_key_prefix}_accuracy"] = exact_match(
-                replies, [reference(row) for row in self.generation_rows])
+        if self.generation_rows and self.eval_metrics:
+            rows, collator = self.generation_rows, self.data_collator
+            generated = generate(self.accelerator.unwrap_model(self.model), collator, rows,
+                                 batch_size=self.args.per_device_eval_batch_size,
+                                 max_new_tokens=max_reply_tokens(collator, rows))
+            predictions, references = [g.reply for g in generated], [reference(row) for row in rows]
+            scores = score(self.eval_metrics, predictions, references)
+            output.metrics.update({f"{metric_key_prefix}_{name}": v for name, v in scores.overall.items()})
+            if self.predictions_dir is not None and self.is_world_process_zero():
+                records = prediction_records(rows, [g.prompt for g in generated], predictions, references,
+                                             scores.per_row)
+                step = self.state.global_step
+                path = write_predictions(self.predictions_dir / f"{self.predictions_name or f'step-{step}'}.jsonl",
+                                         records)
+                report_predictions(records, path, step, self.args.report_to or [],
+                                   self.callback_handler.callbacks)
         return output
