@@ -99,7 +99,7 @@ def bench_collators(processor, image_paths: list[str] | None, repeats: int) -> d
     rng = random.Random(0)
     rows = [as_messages(r) for r in glossary_rows(8, rng)]
     pils = [[Image.open(p).convert("RGB")] for p in image_paths] if image_paths else [[] for _ in rows]
-    our_rows = [{"messages": m, "image_paths": [p] if image_paths else []}
+    our_rows = [{"messages": m, "images": [p] if image_paths else []}
                 for m, p in zip(rows, image_paths or [None] * 8)]
     trl = DataCollatorForVisionLanguageModeling(processor=processor, completion_only_loss=True)
 
@@ -159,7 +159,7 @@ def bench_training(model_dir: Path, work: Path, rows: list[dict], steps: int) ->
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     collator = CompletionOnlyCollator(tokenizer)
-    supervised = [collator.encode({"messages": as_messages(r), "image_paths": []}).supervised_tokens for r in rows]
+    supervised = [collator.encode({"messages": as_messages(r), "images": []}).supervised_tokens for r in rows]
     common = dict(max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3, logging_steps=steps,
                   save_strategy="no", report_to="none", gradient_checkpointing=False, seed=0, max_length=512)
     rows_seen = steps * 8
@@ -312,7 +312,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     text_collator = CompletionOnlyCollator(AutoTokenizer.from_pretrained(models["llama"]))
-    lengths = [len(text_collator.encode({"messages": as_messages(r), "image_paths": []}).input_ids)
+    lengths = [len(text_collator.encode({"messages": as_messages(r), "images": []}).input_ids)
                for r in lengths_rows]
     results["padding"] = padding_efficiency(lengths)
     results["training"] = bench_training(models["llama"], work, glossary_rows(256, random.Random(2)),

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from sft.dataset import sha256_of
+from sft.sources import sha256_of
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "deepspeed")
 SECRET_KEYS = ("hub_token", "push_to_hub_token", "token")

@@ -15,6 +15,7 @@ from sft.guards import DivergenceGuard, SaveOnInterrupt, check_output_dir, last_
 from sft.model import load_model, load_processing_class, lora_config
 from sft.recipe import Recipe
 from sft.run_outputs import losses, plot_loss, write_manifest
+from sft.sources import Source, split_sources
 from sft.trainer import GenerationAccuracySFTTrainer
 
 
@@ -22,9 +23,9 @@ def log(message: str) -> None:
     print(f"[sft] {message}", file=sys.stderr, flush=True)
 
 
-def prepare_split(recipe: Recipe, collator: CompletionOnlyCollator, name: str, file: str):
-    """Rows of one file, measured against max_length; prints the kept/dropped/truncated counts."""
-    rows = load_rows(file, recipe.data.image_root, recipe.data.column_map)
+def prepare_split(recipe: Recipe, collator: CompletionOnlyCollator, name: str, source: Source | str):
+    """Rows of one source (or data file), measured against max_length; prints the kept/dropped/truncated counts."""
+    rows = load_rows(source, recipe.data.image_root, recipe.data.column_map)
     kept, report = fit_to_length(rows, collator, recipe.training.max_length, recipe.data.truncation, name,
                                  num_proc=recipe.training.dataset_num_proc)
     log(str(report))
@@ -62,11 +63,13 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
         raise UserError(f"{args.output_dir}: no checkpoint to resume from")
 
     # ---- data: validated, measured, counted before any weights load ----------------------------------------
-    train_rows, train_report = prepare_split(recipe, collator, "train", data.train_file)
+    # train_file or dataset_name[dataset_train_split]; eval_file or dataset_name[dataset_test_split] when set.
+    sources = dict(split_sources(data))
+    train_rows, train_report = prepare_split(recipe, collator, "train", sources["train"])
     check_fit(train_report, len(train_rows), data.max_dropped_fraction)
     reports, eval_rows = [train_report], None
-    if data.eval_file:
-        eval_rows, eval_report = prepare_split(recipe, collator, "eval", data.eval_file)
+    if "eval" in sources:
+        eval_rows, eval_report = prepare_split(recipe, collator, "eval", sources["eval"])
         check_fit(eval_report, len(eval_rows), data.max_dropped_fraction)
         reports.append(eval_report)
 
