@@ -8,6 +8,7 @@ dataset. Tables and datasets are read through `datasets` in Arrow batches, so an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -104,13 +105,30 @@ class JsonLinesFile(Source):
 
 
 # ---- tables and datasets: read by `datasets`, rows numbered from 1 ----------------------------------------------
+def _stored_images(feature):
+    """The feature with every `Image` left undecoded (read as its stored `{bytes, path}`), all else unchanged."""
+    from datasets import Features, Image
+
+    if isinstance(feature, Image):
+        return Image(mode=feature.mode, decode=False)
+    if isinstance(feature, dict):
+        return (Features if isinstance(feature, Features) else dict)(
+            {key: _stored_images(value) for key, value in feature.items()})
+    if dataclasses.is_dataclass(feature) and hasattr(feature, "feature"):  # List, LargeList
+        return dataclasses.replace(feature, feature=_stored_images(feature.feature))
+    return feature
+
+
 def _arrow_rows(dataset, place: str) -> Iterator[tuple[str, int, dict]]:
-    """Rows of a `datasets.Dataset` as stored (Image columns as `{bytes, path}`, nothing decoded), `None` values
-    dropped: a table gives every row every column, and an absent key is what tells the row shapes apart."""
+    """Rows of a `datasets.Dataset` in Arrow batches, decoded by its features except images (`{bytes, path}`,
+    nothing decoded) and with `None` values dropped: a table gives every row every column, and an absent key is
+    what tells the row shapes apart."""
+    features = _stored_images(dataset.features)
     number = 0
     for batch in dataset.with_format("arrow").iter(batch_size=BATCH_ROWS):
         for row in batch.to_pylist():
             number += 1
+            row = features.decode_example(row)  # e.g. the Json parts of a JSON file's mixed `content`
             yield f"{place}:row {number}", number, {k: v for k, v in row.items() if v is not None}
 
 
