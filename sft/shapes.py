@@ -115,11 +115,12 @@ def _sharegpt(turns, name: str, require_reply: bool) -> list[dict]:
 def _place_images(messages: list[dict], n_images: int, marker: str) -> list[dict]:
     """Messages holding exactly the row's images: placed ones checked in count, none placed → first user turn."""
     placed = image_count(messages)
+    counted = f"{placed} {marker}{'s' if placed != 1 else ''} for {n_images} image(s)"
     if placed > n_images:
-        raise ValueError(f"{placed} {marker}s for {n_images} image(s): {marker} {n_images + 1} has no image left")
+        raise ValueError(f"{counted}: {marker} {n_images + 1} has no image left")
     if 0 < placed < n_images:
-        raise ValueError(f"{placed} {marker}s for {n_images} image(s); place each image once, or none to put them "
-                         "all at the start of the first user turn")
+        raise ValueError(f"{counted}; place each image once, or none to put them all at the start of the first "
+                         "user turn")
     return with_images(messages, n_images)
 
 
