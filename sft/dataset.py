@@ -22,11 +22,13 @@ from sft.messages import text_of, with_text
 from sft.rows import RowError, iter_rows
 from sft.sources import DatasetSplit, Source, file_source
 
+# `stored_images`, not `images`: TRL's SFTTrainer takes a dataset with an `images` column for a vision dataset
+# and refuses it with a text model (trl 1.16.0, sft_trainer.py "appears to be vision-related").
 FEATURES = Features({
     "where": Value("string"),
     "row": Value("int64"),
     "messages": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
-    "images": List(Image(decode=False)),
+    "stored_images": List(Image(decode=False)),
 })
 MAX_ERRORS_SHOWN = 20
 

@@ -34,7 +34,7 @@ TOOLKIT_DEFAULTS = {
     # Batches of similar length (the `length` column measured before training) waste little on padding.
     "train_sampling_strategy": "group_by_length",
     "logging_steps": 5,
-    # Our dataset keeps `messages`/`images` for the collator; Trainer would drop them as "unused".
+    # Our dataset keeps `messages`/`stored_images` for the collator; Trainer would drop them as "unused".
     "remove_unused_columns": False,
 }
 

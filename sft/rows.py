@@ -1,9 +1,9 @@
-"""Data rows: every source's rows checked and normalised to `{where, row, messages, images}`.
+"""Data rows: every source's rows checked and normalised to `{where, row, messages, stored_images}`.
 
 A source (sft/sources.py) reads a file or dataset; column_map renames the user's columns to the standard names;
-sft/shapes.py turns the row into chat messages; the row's images become `{bytes, path}` entries (a path checked to
-exist, embedded bytes kept as bytes and only decoded by the collator). Every problem is reported as
-`where: what is wrong`, and reading goes on so that one pass shows every bad row.
+sft/shapes.py turns the row into chat messages; the row's images become `stored_images`, `{bytes, path}` entries
+(a path checked to exist, embedded bytes kept as bytes and only decoded by the collator). Every problem is reported
+as `where: what is wrong`, and reading goes on so that one pass shows every bad row.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _images(row: dict, root: Path | None, names: dict[str, str]) -> list[dict]:
 
 def iter_rows(source: Source | str | Path, image_root: str | Path | None = None,
               column_map: dict[str, str] | None = None, require_reply: bool = True) -> Iterator[dict | RowError]:
-    """Yield each row as `{where, row, messages, images}` or, for a bad one, a RowError. `source` is a Source or
+    """Yield each row as `{where, row, messages, stored_images}` or, for a bad one, a RowError. `source` is a Source or
     a data file path; relative image paths resolve against `image_root`, else the file's (or folder's) folder."""
     source = source if isinstance(source, Source) else file_source(source)
     root = Path(image_root) if image_root else source.image_root
@@ -99,7 +99,7 @@ def iter_rows(source: Source | str | Path, image_root: str | Path | None = None,
                 row[standard] = row.pop(theirs)
         try:
             images = _images(row, root, names)
-            yield {"where": where, "row": number, "images": images,
+            yield {"where": where, "row": number, "stored_images": images,
                    "messages": messages_of_row(row, names, len(images), require_reply)}
         except (ValueError, UserError) as exc:
             yield RowError(where, str(exc))

@@ -105,7 +105,7 @@ class JsonLinesFile(Source):
 
 
 # ---- tables and datasets: read by `datasets`, rows numbered from 1 ----------------------------------------------
-def _stored_images(feature):
+def _undecoded_images(feature):
     """The feature with every `Image` left undecoded (read as its stored `{bytes, path}`), all else unchanged."""
     from datasets import Features, Image
 
@@ -113,9 +113,9 @@ def _stored_images(feature):
         return Image(mode=feature.mode, decode=False)
     if isinstance(feature, dict):
         return (Features if isinstance(feature, Features) else dict)(
-            {key: _stored_images(value) for key, value in feature.items()})
+            {key: _undecoded_images(value) for key, value in feature.items()})
     if dataclasses.is_dataclass(feature) and hasattr(feature, "feature"):  # List, LargeList
-        return dataclasses.replace(feature, feature=_stored_images(feature.feature))
+        return dataclasses.replace(feature, feature=_undecoded_images(feature.feature))
     return feature
 
 
@@ -123,7 +123,7 @@ def _arrow_rows(dataset, place: str) -> Iterator[tuple[str, int, dict]]:
     """Rows of a `datasets.Dataset` in Arrow batches, decoded by its features except images (`{bytes, path}`,
     nothing decoded) and with `None` values dropped: a table gives every row every column, and an absent key is
     what tells the row shapes apart."""
-    features = _stored_images(dataset.features)
+    features = _undecoded_images(dataset.features)
     number = 0
     for batch in dataset.with_format("arrow").iter(batch_size=BATCH_ROWS):
         for row in batch.to_pylist():

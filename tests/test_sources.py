@@ -141,8 +141,8 @@ def test_every_shape_from_every_source_supervises_exactly_its_replies(tiny_model
     for number, (example, (_, indices, _)) in enumerate(zip(dataset, rows), start=1):
         assert example["row"] == number
         assert example["where"] == f"{where}{number}"
-        assert image_count(example["messages"]) == len(indices) == len(example["images"])
-        for image in example["images"]:  # stored undecoded: embedded bytes stay bytes, paths stay paths
+        assert image_count(example["messages"]) == len(indices) == len(example["stored_images"])
+        for image in example["stored_images"]:  # stored undecoded: embedded bytes stay bytes, paths stay paths
             assert (image["bytes"] is not None) == (kind in EMBEDDED)
             assert (image["path"] is not None) == (kind not in EMBEDDED)
     for family in ("mllama", "idefics3"):
@@ -185,4 +185,4 @@ def test_a_plain_struct_image_column_is_read_as_bytes(tmp_path):
     Dataset.from_list([{"prompt": "What?", "completion": "water", "image": {"bytes": data, "path": "a.png"}}],
                       features=features).to_parquet(str(tmp_path / "d.parquet"))
     (row,) = load_rows(tmp_path / "d.parquet")
-    assert row["images"] == [{"bytes": data, "path": "a.png"}]
+    assert row["stored_images"] == [{"bytes": data, "path": "a.png"}]
