@@ -272,8 +272,10 @@ def write_memory_rows(kind: str, folder: Path, count: int, rng: random.Random, i
 
         path = folder / "train.parquet"
         # The image column is cast to the `Image` feature, as the Hub's VLM sets store it (bytes embedded).
+        # Row groups of 1000 rows (~4 MiB) at both sizes: pyarrow reads a whole row group at once, so a file written
+        # as one 37 MiB group (datasets' default aims at 100 MB groups) would measure the group, not the row count.
         Dataset.from_generator(rows, cache_dir=str(folder / "gen")).cast_column(
-            "images", List(ImageFeature())).to_parquet(str(path))
+            "images", List(ImageFeature())).to_parquet(str(path), batch_size=1000)
         return path
     path = folder / "train.jsonl"
     with path.open("w") as handle:

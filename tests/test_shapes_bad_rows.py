@@ -139,3 +139,14 @@ def test_dataset_name_folder_trains_from_check(tiny_models, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"train {tmp_path / 'ds'}[train]: 3 rows, 3 ok" in out
     assert f"eval {tmp_path / 'ds'}[test]: 1 rows, 1 ok" in out
+
+
+@pytest.mark.parametrize(("keys", "message"), [
+    ({"train_file": "t.jsonl", "dataset_name": "d"}, "give train_file or dataset_name, not both"),
+    ({"train_file": "t.jsonl", "dataset_test_split": "test"}, "dataset_test_split needs dataset_name"),
+])
+def test_conflicting_data_keys_are_one_line(keys, message):
+    from sft.recipe import DataArguments
+
+    with pytest.raises(UserError, match=f"^{message}$"):
+        DataArguments(**keys)
