@@ -7,17 +7,18 @@ Rows (each a ratio of medians, both sides in this process or back to back):
    length-grouped sampler vs random order vs fixed-length padding.
 3. training throughput (supervised tokens/s): `sft train` vs a plain TRL SFTTrainer script, tiny text model, same
    rows and steps; where our time goes (data, forward+backward, optimizer).
-4. memory as data grows: peak RSS of building the training dataset and of `sft check`, 10k vs 200k text rows and
-   1k vs 10k image rows.
+4. memory as data grows: peak RSS of building the training dataset and of `sft check`, 10k vs 200k text rows,
+   1k vs 10k image rows (paths in JSONL) and 1k vs 10k rows of a parquet with embedded images.
 5. GPU (only with CUDA): see bench/gpu.py.
 
 Prints one table and writes bench_results/bench.json with the machine, versions and git commit.
-Usage: python bench/bench.py [--quick] [--out bench_results/bench.json]
+Usage: python bench/bench.py [--quick] [--out bench_results/bench.json] [--memory-only parquet_image]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -99,7 +100,7 @@ def bench_collators(processor, image_paths: list[str] | None, repeats: int) -> d
     rng = random.Random(0)
     rows = [as_messages(r) for r in glossary_rows(8, rng)]
     pils = [[Image.open(p).convert("RGB")] for p in image_paths] if image_paths else [[] for _ in rows]
-    our_rows = [{"messages": m, "image_paths": [p] if image_paths else []}
+    our_rows = [{"messages": m, "stored_images": [p] if image_paths else []}
                 for m, p in zip(rows, image_paths or [None] * 8)]
     trl = DataCollatorForVisionLanguageModeling(processor=processor, completion_only_loss=True)
 
@@ -159,7 +160,7 @@ def bench_training(model_dir: Path, work: Path, rows: list[dict], steps: int) ->
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     collator = CompletionOnlyCollator(tokenizer)
-    supervised = [collator.encode({"messages": as_messages(r), "image_paths": []}).supervised_tokens for r in rows]
+    supervised = [collator.encode({"messages": as_messages(r), "stored_images": []}).supervised_tokens for r in rows]
     common = dict(max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3, logging_steps=steps,
                   save_strategy="no", report_to="none", gradient_checkpointing=False, seed=0, max_length=512)
     rows_seen = steps * 8
@@ -251,6 +252,42 @@ def peak_rss(what: str, recipe: Path) -> tuple[float, float]:
     return rss_mib, seconds
 
 
+def write_memory_rows(kind: str, folder: Path, count: int, rng: random.Random, image_dir: Path) -> Path:
+    """`count` rows of `kind`: glossary text (JSONL), image paths (JSONL), or a parquet whose images are embedded
+    bytes, each row its own image (so the file, ~4 KiB a row, grows with the rows as a Hub VLM set does)."""
+    answers = ["water", "fire", "earth", "wind"]
+    if kind == "parquet_image":
+        from datasets import Dataset, List
+        from datasets import Image as ImageFeature
+
+        def rows():
+            for index in range(count):
+                pixels = np.random.default_rng(index).integers(0, 255, (32, 40, 3), dtype=np.uint8)
+                encoded = io.BytesIO()
+                Image.fromarray(pixels).save(encoded, format="PNG")
+                yield {"messages": [{"role": "user", "content": [{"type": "image", "text": None},
+                                                                 {"type": "text", "text": "What element is shown?"}]},
+                                    {"role": "assistant", "content": [{"type": "text", "text": rng.choice(answers)}]}],
+                       "images": [{"bytes": encoded.getvalue(), "path": None}]}
+
+        path = folder / "train.parquet"
+        # The image column is cast to the `Image` feature, as the Hub's VLM sets store it (bytes embedded).
+        # Row groups of 1000 rows (~4 MiB) at both sizes: pyarrow reads a whole row group at once, so a file written
+        # as one 37 MiB group (datasets' default aims at 100 MB groups) would measure the group, not the row count.
+        Dataset.from_generator(rows, cache_dir=str(folder / "gen")).cast_column(
+            "images", List(ImageFeature())).to_parquet(str(path), batch_size=1000)
+        return path
+    path = folder / "train.jsonl"
+    with path.open("w") as handle:
+        for index in range(count):
+            row = glossary_rows(1, rng)[0]
+            if kind == "image":
+                row = {"image": str(image_dir / f"{index % 16}.png"), "prompt": "What element is shown?",
+                       "completion": rng.choice(answers)}
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
 def bench_memory(models: dict[str, Path], work: Path, sizes: dict[str, tuple[int, int]]) -> dict:
     rng = random.Random(0)
     result = {}
@@ -263,16 +300,10 @@ def bench_memory(models: dict[str, Path], work: Path, sizes: dict[str, tuple[int
         for count in (small, large):
             folder = work / f"{kind}-{count}"
             folder.mkdir(exist_ok=True)
-            with (folder / "train.jsonl").open("w") as handle:
-                for index in range(count):
-                    row = glossary_rows(1, rng)[0]
-                    if kind == "image":
-                        row = {"image": str(image_dir / f"{index % 16}.png"), "prompt": "What element is shown?",
-                               "completion": rng.choice(["water", "fire", "earth", "wind"])}
-                    handle.write(json.dumps(row) + "\n")
+            data = write_memory_rows(kind, folder, count, rng, image_dir)
             model = models["llama" if kind == "text" else "mllama"]
             recipe = folder / "recipe.yaml"
-            recipe.write_text(f"model_name_or_path: {model}\ntrain_file: {folder / 'train.jsonl'}\nmax_length: 1024\n"
+            recipe.write_text(f"model_name_or_path: {model}\ntrain_file: {data}\nmax_length: 1024\n"
                               "dataset_num_proc: 2\n")  # both cores measure rows, as a user would set it
             for what in ("dataset", "check"):
                 rss, seconds = peak_rss(what, recipe)
@@ -287,11 +318,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a minute), for trying the bench out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results/bench.json")
+    parser.add_argument("--memory-only", choices=("text", "image", "parquet_image"),
+                        help="run only this memory row and print it (nothing written)")
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
-    sizes = {"text": (1_000, 10_000), "image": (100, 1_000)} if args.quick else \
-        {"text": (10_000, 200_000), "image": (1_000, 10_000)}
+    sizes = {"text": (1_000, 10_000), "image": (100, 1_000), "parquet_image": (100, 1_000)} if args.quick else \
+        {"text": (10_000, 200_000), "image": (1_000, 10_000), "parquet_image": (1_000, 10_000)}
     work = Path(tempfile.mkdtemp(prefix="sft-bench-"))
+    if args.memory_only:  # one memory row alone, e.g. after a change to the data path
+        models = {f: build_tiny(f, work / f) for f in ("llama", "mllama")}
+        memory = bench_memory(models, work, {args.memory_only: sizes[args.memory_only]})
+        print(table({"memory": memory}))
+        return
     models = {f: build_tiny(f, work / f) for f in ("llama", "mllama", "idefics3")}
     results: dict = {}
 
@@ -312,7 +350,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     text_collator = CompletionOnlyCollator(AutoTokenizer.from_pretrained(models["llama"]))
-    lengths = [len(text_collator.encode({"messages": as_messages(r), "image_paths": []}).input_ids)
+    lengths = [len(text_collator.encode({"messages": as_messages(r), "stored_images": []}).input_ids)
                for r in lengths_rows]
     results["padding"] = padding_efficiency(lengths)
     results["training"] = bench_training(models["llama"], work, glossary_rows(256, random.Random(2)),
@@ -339,24 +377,26 @@ def table(r: dict) -> str:
     def add(name, value, target=""):
         lines.append(f"{name:<58}{value:>12}{target:>10}")
 
-    for kind in ("idefics3_image_rows", "idefics3_text_rows"):
+    for kind in ("idefics3_image_rows", "idefics3_text_rows") if "collator" in r else ():
         c = r["collator"][kind]
         trl = f"{c['ours'] / c['trl']:.2f}x" if c.get("trl") else "TRL fails"
         add(f"1 collator {kind}: ours/TRL ({c['ours']:.0f} ex/s)", trl, ">=1.0x")
         add(f"1 collator {kind}: ours/naive", f"{c['ours'] / c['naive']:.2f}x")
-    for name, value in r["padding"].items():
+    for name, value in r.get("padding", {}).items():
         add(f"2 padding efficiency, {name}", f"{value:.3f}", ">=0.90" if "default" in name else "")
-    t = r["training"]
-    add(f"3 training sup. tokens/s: ours/TRL ({t['ours_tokens_per_s']:.0f} vs {t['trl_tokens_per_s']:.0f})",
-        f"{t['ours_tokens_per_s'] / t['trl_tokens_per_s']:.2f}x", ">=1.0x")
-    for part, share in t["time_share"].items():
-        add(f"3   time share: {part}", f"{share:.1%}")
+    if "training" in r:
+        t = r["training"]
+        add(f"3 training sup. tokens/s: ours/TRL ({t['ours_tokens_per_s']:.0f} vs {t['trl_tokens_per_s']:.0f})",
+            f"{t['ours_tokens_per_s'] / t['trl_tokens_per_s']:.2f}x", ">=1.0x")
+        for part, share in t["time_share"].items():
+            add(f"3   time share: {part}", f"{share:.1%}")
     for key, value in r["memory"].items():
         if key.endswith("growth"):
             add(f"4 peak RSS growth, {key[:-7]}", f"{value:.2f}x", "<=1.2x")
         else:
             add(f"4   {key}: peak RSS MiB / rows/s", f"{value['peak_rss_mib']:.0f}/{value['rows_per_s']:.0f}")
-    add("5 GPU", str(r["gpu"])[:12])
+    if "gpu" in r:
+        add("5 GPU", str(r["gpu"])[:12])
     return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ def main() -> None:
     collator = CompletionOnlyCollator(processing_class, date_string=date_string)
     data, image_root, column_map = default_data(args.run)
     rows = [r for r in iter_rows(data, image_root, column_map) if not isinstance(r, RowError)][: args.rows]
-    text_only = [{**r, "image_paths": []} for r in rows]  # the same prompts without their images
+    text_only = [{**r, "stored_images": []} for r in rows]  # the same prompts without their images
     worst = 0.0
     for label, batch_rows in (("with images", rows), ("text only", text_only)):
         batch = {k: v for k, v in collator(batch_rows).items() if k != "labels"}

@@ -23,6 +23,10 @@ USAGE_EXAMPLES = """examples:
 def quiet_library_noise() -> None:
     # bitsandbytes warns once per 8-bit matmul on CPU; deepspeed's accelerator probe prints at import.
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    # bitsandbytes 0.50 logs "Failed to load CPU gemm_4bit_forward from kernels-community" at import on a CPU
+    # with AVX512-BF16 when the optional `kernels` package is absent: it only means 4-bit matmuls on CPU use
+    # bitsandbytes' own (slower) kernel. Nothing is wrong and nothing is for the user to do, so it is not shown.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # transformers 5 renames gradient_checkpointing, which TRL's SFTConfig still sets; nothing for a user to do.
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
@@ -239,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict",
                                   help="greedy replies per row; the run's eval metrics when rows have replies")
     predict.add_argument("model", nargs="?", help="a run dir or a merged model folder (default: latest run)")
-    predict.add_argument("data", nargs="?", help="JSONL rows, replies optional (default: the run's eval_file)")
+    predict.add_argument("data", nargs="?", help="data file (.jsonl/.json/.parquet/.csv/.arrow), replies optional "
+                         "(default: the run's eval_file)")
     predict.add_argument("--out", help="predictions JSONL (default: predictions/<model>.jsonl)")
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--max-new-tokens", type=int)

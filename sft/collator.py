@@ -216,7 +216,9 @@ class CompletionOnlyCollator:
 
     # ---- public ----------------------------------------------------------------------------------------------
     def load_images(self, example: dict) -> list:
-        return [load_image(path, example.get("where", "row")) for path in example.get("image_paths") or []]
+        """The row's images decoded as RGB, from its `stored_images` entries (a path, or `{bytes, path}` as the Arrow
+        dataset stores them undecoded); this is the only place a training image is decoded."""
+        return [load_image(image, example.get("where", "row")) for image in example.get("stored_images") or []]
 
     def messages_of(self, example: dict, images: list) -> list[dict]:
         """The row's messages as parts, its images placed (sft/messages.py)."""

@@ -12,15 +12,17 @@ from sft.dataset import measure
 from sft.errors import UserError
 from sft.recipe import Recipe
 from sft.rows import RowError, iter_rows
+from sft.sources import Source, split_sources
 
 GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
 
 
-def inspect_file(recipe: Recipe, collator: CompletionOnlyCollator, file: str, limit: int | None = None,
+def inspect_rows(recipe: Recipe, collator: CompletionOnlyCollator, source: Source | str, limit: int | None = None,
                  with_labels: bool = True) -> Iterator[tuple[dict, dict] | RowError]:
-    """Each row of `file` measured (and, `with_labels`, encoded) as training will see it, or its error."""
+    """Each row of `source` (or a data file) measured (and, `with_labels`, encoded) as training will see it, or its
+    error."""
     seen = 0
-    for item in iter_rows(file, recipe.data.image_root, recipe.data.column_map):
+    for item in iter_rows(source, recipe.data.image_root, recipe.data.column_map):
         if limit is not None and seen >= limit:
             return
         seen += 1
@@ -38,17 +40,12 @@ def inspect_file(recipe: Recipe, collator: CompletionOnlyCollator, file: str, li
         yield item, {"fit": fit, "encoded": encoded}
 
 
-def _files(recipe: Recipe) -> list[tuple[str, str]]:
-    files = [("train", recipe.data.train_file)]
-    return files + ([("eval", recipe.data.eval_file)] if recipe.data.eval_file else [])
-
-
 def check(recipe: Recipe, collator: CompletionOnlyCollator) -> int:
-    """Validate every row of every data file; print each problem and a summary. Returns the exit code."""
+    """Validate every row of every data source; print each problem and a summary. Returns the exit code."""
     failed = False
-    for name, file in _files(recipe):
+    for name, source in split_sources(recipe.data):
         counts, errors, supervised = Counter(), 0, 0
-        for result in inspect_file(recipe, collator, file, with_labels=False):
+        for result in inspect_rows(recipe, collator, source, with_labels=False):
             if isinstance(result, RowError):
                 print(result, file=sys.stderr)
                 errors += 1
@@ -56,7 +53,7 @@ def check(recipe: Recipe, collator: CompletionOnlyCollator) -> int:
             counts[result[1]["fit"]["status"]] += 1
             supervised += result[1]["fit"]["supervised_tokens"]
         total = sum(counts.values()) + errors
-        print(f"{name} {file}: {total} rows, {counts['ok']} ok, {counts['truncated']} prompt-shortened, "
+        print(f"{name} {source.name}: {total} rows, {counts['ok']} ok, {counts['truncated']} prompt-shortened, "
               f"{counts['dropped']} dropped (too long for max_length {recipe.training.max_length}), "
               f"{errors} bad; {supervised} supervised tokens")
         dropped_share = counts["dropped"] / total if total else 0.0
@@ -76,12 +73,12 @@ def _coloured(collator: CompletionOnlyCollator, ids: list[int], labels: list[int
 def preview(recipe: Recipe, collator: CompletionOnlyCollator, limit: int, as_json: bool, split: str = "train",
             colour: bool | None = None) -> int:
     """Show which tokens each row supervises: coloured text on a terminal, JSON lines with `as_json`."""
-    file = dict(_files(recipe)).get(split)
-    if file is None:
-        raise UserError(f"the recipe has no {split} file")
+    source = dict(split_sources(recipe.data)).get(split)
+    if source is None:
+        raise UserError(f"the recipe has no {split} data (eval_file or dataset_test_split)")
     colour = sys.stdout.isatty() if colour is None else colour
     bad = 0
-    for result in inspect_file(recipe, collator, file, limit):
+    for result in inspect_rows(recipe, collator, source, limit):
         if isinstance(result, RowError):
             print(result, file=sys.stderr)
             bad += 1

@@ -1,4 +1,5 @@
-"""`sft predict`: greedy replies for every row of a JSONL file, from a run dir (base + adapter) or a merged model."""
+"""`sft predict`: greedy replies for every row of a data file (.jsonl, .json, .parquet, .csv, .arrow), from a run
+dir (base + adapter) or a merged model."""
 
 from __future__ import annotations
 

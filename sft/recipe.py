@@ -35,7 +35,7 @@ TOOLKIT_DEFAULTS = {
     # Batches of similar length (the `length` column measured before training) waste little on padding.
     "train_sampling_strategy": "group_by_length",
     "logging_steps": 5,
-    # Our dataset keeps `messages`/`image_paths` for the collator; Trainer would drop them as "unused".
+    # Our dataset keeps `messages`/`stored_images` for the collator; Trainer would drop them as "unused".
     "remove_unused_columns": False,
 }
 
@@ -53,10 +53,32 @@ AUTO_KEYS = ("gradient_checkpointing", "per_device_train_batch_size")
 class DataArguments:
     """The data keys of a recipe (DESIGN.md) and the toolkit's own training switches."""
 
-    train_file: str | None = field(default=None, metadata={"help": "Training rows, JSONL (required)."})
-    eval_file: str | None = field(default=None, metadata={"help": "Evaluation rows, JSONL; evaluated each epoch."})
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Training rows: .jsonl, .json (array or JSON lines), .parquet, .csv or .arrow "
+                  "(this or dataset_name)."},
+    )
+    eval_file: str | None = field(
+        default=None, metadata={"help": "Evaluation rows, same formats as train_file; evaluated each epoch."}
+    )
+    # TRL's ScriptArguments names (trl 1.16.0); the parser reads DataArguments in its place, so no field collides.
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hub dataset id or a local folder (save_to_disk output or a folder of data files); "
+                  "used when train_file is not set."},
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Configuration (subset) name of dataset_name, when it has several."}
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split of dataset_name to train on."})
+    dataset_test_split: str | None = field(
+        default=None,
+        metadata={"help": "Split of dataset_name to evaluate on each epoch (none by default; e.g. test)."},
+    )
     image_root: str | None = field(
-        default=None, metadata={"help": "Folder that relative image paths resolve against (default: the JSONL's)."}
+        default=None,
+        metadata={"help": "Folder that relative image paths resolve against (default: the data file's folder, "
+                  "or dataset_name when it is a folder)."},
     )
     column_map: str | None = field(
         default=None,
@@ -140,6 +162,12 @@ class DataArguments:
             raise UserError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation!r}")
         if self.effective_batch_size is not None and self.effective_batch_size < 1:
             raise UserError(f"effective_batch_size must be at least 1, got {self.effective_batch_size}")
+        if self.train_file and self.dataset_name:
+            raise UserError("give train_file or dataset_name, not both")
+        if self.dataset_test_split and not self.dataset_name:
+            raise UserError("dataset_test_split needs dataset_name")
+        if self.eval_file and self.dataset_test_split:
+            raise UserError("give eval_file or dataset_test_split, not both")
         if not 0.0 <= self.max_dropped_fraction <= 1.0:
             raise UserError(f"max_dropped_fraction must lie in [0, 1], got {self.max_dropped_fraction}")
         if self.eval_metrics is not None:  # a list, or `eval_metrics: rouge_l, chrf` in YAML
@@ -147,8 +175,8 @@ class DataArguments:
         size = self.eval_split_size
         if size < 0 or (size >= 1 and size != int(size)):
             raise UserError(f"eval_split_size must be a share in (0, 1) or a whole number of rows, got {size}")
-        if self.eval_split_size and self.eval_file:
-            raise UserError("eval_file and eval_split_size are both set; give one source of eval rows")
+        if self.eval_split_size and (self.eval_file or self.dataset_test_split):
+            raise UserError("eval_split_size is set with eval_file or dataset_test_split; give one source of eval rows")
 
 
 @dataclass
@@ -266,9 +294,10 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
         _cpu_only(config, notices)
     parser.set_defaults_with_config(**config)
     data, training, model, extra = _parse(parser, overrides, path)
-    if (data.eval_file or data.eval_split_size) and "eval_strategy" not in config and training.eval_strategy == "no":
-        # Eval rows (a file or a held-out split) mean: evaluate and checkpoint each epoch, keep the best (what early
-        # stopping needs).
+    has_eval = data.eval_file or data.eval_split_size or (data.dataset_name and data.dataset_test_split)
+    if has_eval and "eval_strategy" not in config and training.eval_strategy == "no":
+        # Eval rows (a file, a test split or a held-out share) mean: evaluate and checkpoint each epoch, keep the
+        # best (what early stopping needs).
         parser.set_defaults_with_config(**EVAL_DEFAULTS)
         data, training, model, extra = _parse(parser, overrides, path)
     for item in extra:
@@ -276,8 +305,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
             raise UserError(f"unknown option {item}{_did_you_mean(item[2:], known)}")
     if extra:
         raise UserError(f"unexpected arguments: {' '.join(extra)}")
-    if data.train_file is None:
-        raise UserError(f"{path or 'recipe'}: train_file is required")
+    if data.train_file is None and data.dataset_name is None:
+        raise UserError(f"{path or 'recipe'}: train_file is required (or dataset_name)")
     if not cuda and (training.bf16 or training.fp16):
         raise UserError("bf16/fp16 need a GPU; none was found")
     if training.output_dir in (None, "trainer_output"):

@@ -8,8 +8,8 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from sft.dataset import sha256_of
 from sft.metrics import METRICS
+from sft.sources import sha256_of
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "deepspeed",
             "sacrebleu", "rouge-score")

@@ -20,6 +20,7 @@ from sft.model import liger_unavailable, load_config, load_model, load_processin
 from sft.plan import apply_auto
 from sft.recipe import Recipe
 from sft.run_outputs import losses, plot_loss, write_manifest
+from sft.sources import split_sources
 from sft.trainer import GenerationMetricsSFTTrainer
 
 
@@ -86,14 +87,16 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
         raise UserError(f"{args.output_dir}: no checkpoint to resume from")
 
     # ---- data: validated, measured, counted before any weights load ----------------------------------------
-    train_rows = load_rows(data.train_file, data.image_root, data.column_map)
-    eval_rows = load_rows(data.eval_file, data.image_root, data.column_map) if data.eval_file else None
+    # train_file or dataset_name[dataset_train_split]; eval_file, dataset_name[dataset_test_split] or a held-out share.
+    sources = dict(split_sources(data))
+    train_rows = load_rows(sources["train"], data.image_root, data.column_map)
+    eval_rows = load_rows(sources["eval"], data.image_root, data.column_map) if "eval" in sources else None
     eval_split = None
     if data.eval_split_size:
-        train_rows, eval_rows, eval_split = split_rows(train_rows, data.eval_split_size, data.eval_split_seed,
-                                                       data.train_file)
+        where = sources["train"].name
+        train_rows, eval_rows, eval_split = split_rows(train_rows, data.eval_split_size, data.eval_split_seed, where)
         log(f"eval split: {eval_split['eval_rows']} of {len(train_rows) + len(eval_rows)} rows of "
-            f"{data.train_file} held out (eval_split_size {data.eval_split_size:g}, seed {data.eval_split_seed})")
+            f"{where} held out (eval_split_size {data.eval_split_size:g}, seed {data.eval_split_seed})")
     train_rows, train_report = prepare_split(recipe, collator, "train", train_rows)
     check_fit(train_report, len(train_rows), data.max_dropped_fraction)
     reports = [train_report]

@@ -62,7 +62,7 @@ def test_eval_split_size_holds_out_the_same_rows_on_every_run(tmp_path):
 def test_eval_split_size_is_refused_beside_eval_file_and_turns_on_evaluation(tmp_path, tiny_models):
     recipe = load_recipe(text_recipe(tmp_path, tiny_models["llama"]))
     assert recipe.training.eval_strategy == "epoch" and recipe.training.load_best_model_at_end
-    with pytest.raises(UserError, match="eval_file and eval_split_size are both set"):
+    with pytest.raises(UserError, match="eval_split_size is set with eval_file or dataset_test_split"):
         load_recipe(text_recipe(tmp_path, tiny_models["llama"], eval_file=str(tmp_path / "terms.jsonl")))
 
 

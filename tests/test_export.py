@@ -39,9 +39,9 @@ def inputs(run_dir, tiny_models, tmp_path_factory):
     image = write_image(tmp_path_factory.mktemp("img") / "a.png", (230, 60, 30))
     collator = CompletionOnlyCollator(load_processor(str(run_dir), AutoConfig.from_pretrained(tiny_models["mllama"])))
     rows = [{"messages": [{"role": "user", "content": "What element is shown?"},
-                          {"role": "assistant", "content": "fire"}], "image_paths": [str(image)]},
+                          {"role": "assistant", "content": "fire"}], "stored_images": [str(image)]},
             {"messages": [{"role": "user", "content": "Define a beam."},
-                          {"role": "assistant", "content": "A load carrier."}], "image_paths": []}]
+                          {"role": "assistant", "content": "A load carrier."}], "stored_images": []}]
     return [collator([row]) for row in rows]
 
 

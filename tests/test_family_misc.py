@@ -57,7 +57,7 @@ def expected(name: str, messages: list[dict]) -> str:
 
 def example(tmp_path, messages: list[dict], image: bool, where: str = "t.jsonl:1") -> dict:
     paths = [str(write_image(tmp_path / "img.png", size=(36, 50)))] if image else []
-    return {"where": where, "row": 1, "messages": messages, "image_paths": paths}
+    return {"where": where, "row": 1, "messages": messages, "stored_images": paths}
 
 
 def assert_tensors_match_input_ids(name: str, batch: dict, n_images: int) -> None:

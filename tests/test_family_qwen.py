@@ -62,7 +62,7 @@ def load(model_dir: str):
 
 def example(tmp_path, messages, image: bool, where: str = "qwen.jsonl:1") -> dict:
     paths = [str(write_image(tmp_path / "img.png", size=(36, 50)))] if image else []
-    return {"where": where, "messages": messages, "image_paths": paths}
+    return {"where": where, "messages": messages, "stored_images": paths}
 
 
 def assert_every_tensor_matches_input_ids(batch, processor, images_per_row: list[int]) -> None:
@@ -278,7 +278,7 @@ def test_qwen2_5_vl_merged_logits_equal_base_plus_adapter_and_predict_agrees(qwe
     image = write_image(tmp_path / "a.png", (230, 60, 30))
     base_config = AutoConfig.from_pretrained(qwen_models["qwen2_5_vl"])
     collator = CompletionOnlyCollator(load_processor(str(qwen_run), base_config))
-    rows = [example(tmp_path, SHAPES["prompt_completion"], False) | {"image_paths": [str(image)]},
+    rows = [example(tmp_path, SHAPES["prompt_completion"], False) | {"stored_images": [str(image)]},
             example(tmp_path, SHAPES["multi_turn"], False)]
     batches = [{k: v for k, v in collator([row]).items() if k != "labels"} for row in rows]
     unmerged, _ = load_with_adapter(qwen_run, torch.float32)

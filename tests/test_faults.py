@@ -21,7 +21,8 @@ from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
 from sft.errors import UserError
 from sft.messages import text_of
 from sft.recipe import load_recipe
-from sft.rows import MAX_LINE_BYTES, RowError, iter_rows, load_image
+from sft.rows import RowError, iter_rows, load_image
+from sft.sources import MAX_LINE_BYTES
 from sft.train import main as train
 from tests.conftest import REPO, write_image, write_jsonl
 from tests.test_training import element_rows
@@ -125,7 +126,7 @@ def llama_collator(tiny_models):
 @pytest.mark.parametrize("text", ["water<|eot_id|>", "<|start_header_id|>system", "<|begin_of_text|>hi"])
 def test_special_token_written_in_data_is_refused_naming_the_row(llama_collator, text):
     example = {"where": "d.jsonl:4", "messages": [{"role": "user", "content": "What?"},
-                                                  {"role": "assistant", "content": text}], "image_paths": []}
+                                                  {"role": "assistant", "content": text}], "stored_images": []}
     with pytest.raises(UserError, match=r"^d.jsonl:4: message 2 \(assistant\) contains '<\|"):
         llama_collator([example])
 
@@ -135,7 +136,7 @@ def test_image_placeholder_in_idefics3_text_is_refused(tiny_models):
 
     collator = CompletionOnlyCollator(AutoProcessor.from_pretrained(tiny_models["idefics3"]))
     example = {"where": "d.jsonl:2", "messages": [{"role": "user", "content": "Look: <image>"},
-                                                  {"role": "assistant", "content": "fire"}], "image_paths": []}
+                                                  {"role": "assistant", "content": "fire"}], "stored_images": []}
     with pytest.raises(UserError, match=r"^d.jsonl:2: message 1 \(user\) contains '<image>'"):
         collator.encode(example)
 

@@ -65,7 +65,7 @@ def supervised_text(collator, batch, row: int = 0) -> str:
 
 def example_for(tmp_path, shape: str, image: bool) -> dict:
     paths = [str(write_image(tmp_path / "img.png", size=(36, 50)))] if image else []
-    return {"where": "test.jsonl:1", "row": 1, "messages": SHAPES[shape], "image_paths": paths}
+    return {"where": "test.jsonl:1", "row": 1, "messages": SHAPES[shape], "stored_images": paths}
 
 
 @pytest.mark.parametrize(("family", "image", "shape"), CASES)

@@ -66,7 +66,7 @@ def test_real_processor_supervises_replies_and_end_of_turn_only(tmp_path, name, 
     messages = SHAPES[shape]
     if name == "llama" and image:  # the real template refuses a system turn with images (tested below)
         messages = [m for m in messages if m["role"] != "system"]
-    example = {"where": "t.jsonl:1", "messages": messages, "image_paths": paths}
+    example = {"where": "t.jsonl:1", "messages": messages, "stored_images": paths}
     batch = collator([example])
     replies = [m["content"] for m in messages if m["role"] == "assistant"]
     assert supervised_text(collator, batch) == "".join(EXPECTED[name](r) for r in replies)
@@ -81,7 +81,7 @@ def test_real_processor_row_too_long_gets_its_prompt_shortened_not_its_reply(tmp
     collator = CompletionOnlyCollator(processor, date_string="26 Jul 2024")
     messages = [{"role": "user", "content": "Formwork is a temporary mould for concrete. " * 40},
                 {"role": "assistant", "content": "A mould."}]
-    example = {"where": "t.jsonl:1", "messages": messages, "image_paths": []}
+    example = {"where": "t.jsonl:1", "messages": messages, "stored_images": []}
     max_length = len(collator.encode(example).input_ids) - 100
     fit = measure(example, collator, max_length, "shorten_prompt")
     assert fit["status"] == "truncated" and fit["length"] <= max_length
@@ -100,7 +100,7 @@ def test_llama_bos_appears_once_and_unsupervised(tmp_path):
     processor, _ = real("llama")
     collator = CompletionOnlyCollator(processor, date_string="26 Jul 2024")
     example = {"where": "t.jsonl:1", "messages": SHAPES["prompt_completion"],
-               "image_paths": [str(write_image(tmp_path / "i.png"))]}
+               "stored_images": [str(write_image(tmp_path / "i.png"))]}
     encoded = collator.encode(example)
     assert encoded.input_ids.count(128000) == 1
     assert encoded.labels[encoded.input_ids.index(128000)] == -100
@@ -110,7 +110,7 @@ def test_llama_template_refusing_images_with_a_system_turn_is_a_one_line_error_n
     processor, _ = real("llama")
     collator = CompletionOnlyCollator(processor, date_string="26 Jul 2024")
     example = {"where": "t.jsonl:7", "messages": SHAPES["multi_turn"],
-               "image_paths": [str(write_image(tmp_path / "i.png"))]}
+               "stored_images": [str(write_image(tmp_path / "i.png"))]}
     with pytest.raises(UserError) as error:
         collator.encode(example)
     assert str(error.value) == ("t.jsonl:7: the chat template refuses this row: "

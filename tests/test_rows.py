@@ -48,14 +48,14 @@ def test_column_map_renames_target_to_completion_and_images_resolve_against_the_
     (row,) = rows_of(path, column_map={"completion": "target"})
     assert row["messages"][-1] == text("assistant", "water")
     assert row["messages"][0]["content"][0] == {"type": "image", "text": ""}  # images open the first user turn
-    assert row["image_paths"] == [str(tmp_path / "img" / "a.png")]
+    assert row["stored_images"] == [{"bytes": None, "path": str(tmp_path / "img" / "a.png")}]
 
 
 def test_image_root_overrides_the_files_folder(tmp_path):
     write_image(tmp_path / "elsewhere" / "a.png")
     path = write_jsonl(tmp_path / "d.jsonl", [{"images": ["a.png"], "prompt": "What?", "completion": "x"}])
     (row,) = rows_of(path, image_root=tmp_path / "elsewhere")
-    assert row["image_paths"] == [str(tmp_path / "elsewhere" / "a.png")]
+    assert row["stored_images"] == [{"bytes": None, "path": str(tmp_path / "elsewhere" / "a.png")}]
 
 
 def test_bom_crlf_and_blank_lines_are_accepted(tmp_path):
@@ -78,7 +78,7 @@ BAD_ROWS = [
     ({"messages": [{"role": "robot", "content": "a"}]}, "message 1 needs a role"),
     ({"prompt": "a", "completion": "b", "image": "missing.png"}, "image not found"),
     ({"prompt": "a", "completion": "b", "image": "."}, "image path is a folder"),
-    ({"prompt": "a", "completion": "b", "image": 5}, '"image" must be a path or a list of paths'),
+    ({"prompt": "a", "completion": "b", "image": 5}, '"image" must be a path, {bytes, path} or a list of them'),
 ]
 
 
