@@ -62,6 +62,14 @@ FAMILIES = (
     # aspect_ratios (not a model input).
     Family("llama4", ("llama4",), "meta-llama/Llama-4-Scout-17B-16E-Instruct", "<|eot|>",
            vision_modules=("vision_model", "multi_modal_projector")),
+    # Gemma 3: the processor's image_token is the boi token `<start_of_image>` the template writes, expanded to
+    # `\n\n<start_of_image>` + soft tokens + `<end_of_image>\n\n`; token_type_ids mark the image tokens and the
+    # model's training forward needs them on every row (text-only rows too).
+    Family("gemma3", ("gemma3",), "google/gemma-3-4b-it", "<end_of_turn>",
+           vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("token_type_ids",)),
+    # LLaVA-1.5: `USER: <image>\n... ASSISTANT: reply` with no token closing the reply; the collator inserts EOS.
+    Family("llava", ("llava",), "llava-hf/llava-1.5-7b-hf", "</s>",
+           vision_modules=("vision_tower", "multi_modal_projector")),
 )
 
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}

@@ -1,6 +1,7 @@
-"""InternVL 3, Mistral 3 (Pixtral) and Llama 4: the label contract, every processor tensor, training, generation,
-LoRA targets and the quantization skip list, on tiny random models with the real processor classes, chat templates
-and special tokens (tests/families/misc.py builds them; misc_PROVENANCE.md says where each piece comes from).
+"""InternVL 3, Mistral 3 (Pixtral), Llama 4, Gemma 3 and LLaVA-1.5: the label contract, every processor tensor,
+training, generation, LoRA targets and the quantization skip list, on tiny random models with the real processor
+classes, chat templates and special tokens (tests/families/misc.py builds them; misc_PROVENANCE.md says where each
+piece comes from).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from tests.test_training import recipe_for
 pytestmark = pytest.mark.skipif(TEMPLATES is None, reason="shared/fixtures/chat-templates beside the repo is absent")
 NAMES = list(BUILDERS)
 SMOLVLM = TEMPLATES.parent / "real-processors" / "SmolVLM-256M-Instruct" if TEMPLATES else Path("absent")
-CLOSING = {"internvl": "<|im_end|>", "mistral3": "</s>", "llama4": "<|eot|>"}  # issue #9's expected supervision
-TABLE_NAME = {"internvl": "internvl3", "mistral3": "mistral3", "llama4": "llama4"}
+# Issue #9's expected supervision: reply prefix + reply + closing. LLaVA-1.5's template writes "ASSISTANT:" as the
+# generation prompt and "ASSISTANT: reply" with nothing after it, so its `</s>` is the EOS the collator inserts.
+CLOSING = {"internvl": "<|im_end|>", "mistral3": "</s>", "llama4": "<|eot|>", "gemma3": "<end_of_turn>",
+           "llava": "</s>"}
+REPLY_PREFIX = {"llava": " "}
+TABLE_NAME = {"internvl": "internvl3", "mistral3": "mistral3", "llama4": "llama4", "gemma3": "gemma3", "llava": "llava"}
 # Tensors with one entry per token: they must match input_ids in batch and length.
 PER_TOKEN = ("attention_mask", "labels", "token_type_ids", "mm_token_type_ids")
 
@@ -52,7 +57,8 @@ def load(model_dir: str):
 
 
 def expected(name: str, messages: list[dict]) -> str:
-    return "".join(m["content"] + CLOSING[name] for m in messages if m["role"] == "assistant")
+    return "".join(REPLY_PREFIX.get(name, "") + m["content"] + CLOSING[name]
+                   for m in messages if m["role"] == "assistant")
 
 
 def example(tmp_path, messages: list[dict], image: bool, where: str = "t.jsonl:1") -> dict:
@@ -111,7 +117,7 @@ def test_a_row_too_long_is_dropped_or_its_prompt_shortened_never_its_reply(misc_
     assert shortened["status"] == "truncated" and shortened["length"] <= max_length
     batch = CompletionOnlyCollator(processor, max_length=max_length)([{**row, "messages": shortened["messages"]}])
     assert batch["input_ids"].shape[1] <= max_length
-    assert supervised_text(collator, batch) == "water" + CLOSING[name]
+    assert supervised_text(collator, batch) == expected(name, messages)
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)
 

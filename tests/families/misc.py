@@ -22,6 +22,8 @@ TEMPLATE_FILES = {
     "internvl": "transformers_internvl_convert_chat_template.jinja",
     "mistral3": "llamacpp_mistralai-Mistral-Small-3.1-24B-Instruct-2503.jinja",
     "llama4": "transformers_llama4_processing_chat_template.jinja",
+    "gemma3": "trl_gemma3.jinja",
+    "llava": "llava_1_5_hub_chat_template.jinja",
 }
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, max_position_embeddings=4096, tie_word_embeddings=False)
@@ -49,6 +51,13 @@ LLAMA4_SPECIALS = [
     "<|finetune_right_pad|>", "<|image_start|>", "<|image_end|>", "<|tile_x_separator|>", "<|tile_y_separator|>",
     "<|image|>", "<|patch|>",
 ]
+# Gemma 3 (google/gemma-3-4b-it tokenizer_config.json): the named special tokens; the processor takes boi/eoi/image
+# from the tokenizer's named extra special tokens.
+GEMMA3_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>",
+                   "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+GEMMA3_NAMED = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+# LLaVA-1.5 (llava-hf/llava-1.5-7b-hf): Llama 2's <unk>, <s>, </s>, plus <image> and <pad> added by llava-hf.
+LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
 
 
 def template(family: str) -> str:
@@ -160,7 +169,65 @@ def build_llama4(out: Path) -> None:
     _finish(model, processor, out)
 
 
-BUILDERS = {"internvl": build_internvl, "mistral3": build_mistral3, "llama4": build_llama4}
+def build_gemma3(out: Path) -> None:
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessorPil,
+        Gemma3Processor,
+        PreTrainedTokenizerFast,
+    )
+
+    trained = build_tokenizer(GEMMA3_SPECIALS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, bos_token="<bos>", eos_token="<eos>",
+                                  pad_token="<pad>", unk_token="<unk>", extra_special_tokens=GEMMA3_NAMED)
+    tile, patch, tokens = 28, 14, 4  # 2 x 2 patches, pooled to mm_tokens_per_image
+    config = Gemma3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=tile, patch_size=patch),
+        text_config=dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                         bos_token_id=tok.bos_token_id, sliding_window=64, **TEXT),
+        mm_tokens_per_image=tokens, boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"), tie_word_embeddings=False,
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": tile, "width": tile}),
+                                tokenizer=tok, image_seq_length=tokens, chat_template=template("gemma3"))
+    _finish(model, processor, out)
+
+
+def build_llava(out: Path) -> None:
+    from transformers import (
+        CLIPImageProcessorPil,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    trained = build_tokenizer(LLAVA_SPECIALS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>", unk_token="<unk>")
+    tile, patch = 28, 14
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=tile, patch_size=patch, projection_dim=32),
+        text_config=dict(model_type="llama", vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, **TEXT),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+        vision_feature_select_strategy="default", tie_word_embeddings=False,
+    )
+    model = LlavaForConditionalGeneration(config)
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=template("llava"))
+    _finish(model, processor, out)
+
+
+BUILDERS = {"internvl": build_internvl, "mistral3": build_mistral3, "llama4": build_llama4, "gemma3": build_gemma3,
+            "llava": build_llava}
 
 
 def build(family: str, out: str | Path, seed: int = 0) -> Path:
