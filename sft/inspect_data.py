@@ -77,7 +77,7 @@ def preview(recipe: Recipe, collator: CompletionOnlyCollator, limit: int, as_jso
     if source is None:
         raise UserError(f"the recipe has no {split} data (eval_file or dataset_test_split)")
     colour = sys.stdout.isatty() if colour is None else colour
-    bad = 0
+    bad, told_eos = 0, False
     for result in inspect_rows(recipe, collator, source, limit):
         if isinstance(result, RowError):
             print(result, file=sys.stderr)
@@ -85,6 +85,11 @@ def preview(recipe: Recipe, collator: CompletionOnlyCollator, limit: int, as_jso
             continue
         row, info = result
         encoded, fit = info["encoded"], info["fit"]
+        if not told_eos and collator.inserts_eos(fit["messages"]):
+            told_eos = True
+            print(f"note: the chat template closes an assistant turn with no special token; the tokenizer's EOS "
+                  f"{collator.tokenizer.eos_token!r} is inserted right after each reply and supervised",
+                  file=sys.stderr)
         supervised_ids = [i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
         record = {"row": row["row"], "status": fit["status"], "prompt_tokens": encoded.prompt_tokens,
                   "supervised_tokens": encoded.supervised_tokens,

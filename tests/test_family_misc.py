@@ -7,6 +7,7 @@ piece comes from).
 from __future__ import annotations
 
 import functools
+import json
 import re
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from sft.model import NOT_QUANTIZED, load_model, load_processor
 from sft.plan import _is_quantized, lora_targets
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
 from sft.train import main as train
-from tests.conftest import write_image
+from tests.conftest import write_image, write_recipe
 from tests.families.misc import BUILDERS, TEMPLATES, build
 from tests.test_label_contract import SHAPES, supervised_text
 from tests.test_training import recipe_for
@@ -232,3 +233,19 @@ def test_missing_num2words_is_one_line_naming_it_and_its_pip_command(tmp_path):
     assert result.returncode == 2, result.stderr
     assert error_lines(result) == [f"error: {folder}: the processor needs the package 'num2words', "
                                    "which is not installed; install it with: pip install num2words"]
+
+
+@pytest.mark.parametrize("name", ["llava", "gemma3"])
+def test_preview_says_when_eos_is_inserted_because_the_template_closes_no_turn(misc_models, tmp_path, capsys, name):
+    from sft.cli import main as cli
+
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text('{"prompt": "What element?", "completion": "water"}\n', encoding="utf-8")
+    recipe = write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(misc_models[name]),
+                          train_file=str(train_file), max_length=256)
+    assert cli(["preview", str(recipe), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["supervised_text"] == expected(name, SHAPES["prompt_completion"])
+    note = [line for line in captured.err.splitlines() if line.startswith("note: the chat template closes")]
+    assert note == ([f"note: the chat template closes an assistant turn with no special token; the tokenizer's "
+                     f"EOS '</s>' is inserted right after each reply and supervised"] if name == "llava" else [])
