@@ -23,10 +23,10 @@ from sft.dataset import measure
 from sft.families import FAMILIES, family_for, family_for_processor
 from sft.generation import exact_match, generate_replies, reference
 from sft.model import NOT_QUANTIZED, load_model, load_processor
-from sft.plan import _is_quantized, lora_targets
+from sft.plan import _is_quantized, lora_targets, make_plan
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
 from sft.train import main as train
-from tests.conftest import write_image, write_recipe
+from tests.conftest import REPO, write_image, write_jsonl, write_recipe
 from tests.families.misc import BUILDERS, TEMPLATES, build
 from tests.test_label_contract import SHAPES, supervised_text
 from tests.test_training import recipe_for
@@ -247,5 +247,38 @@ def test_preview_says_when_eos_is_inserted_because_the_template_closes_no_turn(m
     captured = capsys.readouterr()
     assert json.loads(captured.out)["supervised_text"] == expected(name, SHAPES["prompt_completion"])
     note = [line for line in captured.err.splitlines() if line.startswith("note: the chat template closes")]
-    assert note == ([f"note: the chat template closes an assistant turn with no special token; the tokenizer's "
-                     f"EOS '</s>' is inserted right after each reply and supervised"] if name == "llava" else [])
+    assert note == (["note: the chat template closes an assistant turn with no special token; the tokenizer's "
+                     "EOS '</s>' is inserted right after each reply and supervised"] if name == "llava" else [])
+
+
+# ---- Gemma 3: shipped configs and recipe -----------------------------------------------------------------------
+GEMMA3_4B_RECIPE = REPO / "recipes" / "gemma3_4b_lora.yaml"
+
+
+@pytest.mark.parametrize(("hub_id", "params", "layers", "hidden", "heads", "kv_heads"),
+                         [("google/gemma-3-4b-it", 4_300_079_472, 34, 2560, 8, 4),
+                          ("google/gemma-3-12b-it", 12_187_325_040, 48, 3840, 16, 8)])
+def test_gemma3_plans_from_the_shipped_configs(tmp_path, hub_id, params, layers, hidden, heads, kv_heads):
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", model_name_or_path=hub_id, train_file="t.jsonl",
+                                      dtype="bfloat16"))
+    plan = make_plan(recipe)
+    assert plan.architecture == "Gemma3ForConditionalGeneration"
+    assert plan.total_params == params  # the model cards' 4.3B / 12.2B
+    head_dim = 256  # q/k/v/o: hidden -> heads x 256 (k and v: kv_heads x 256) and back; r (8) x (in + out) each
+    assert plan.lora_params == layers * 8 * ((hidden + heads * head_dim) * 2 + (hidden + kv_heads * head_dim) * 2)
+
+
+def test_gemma3_4b_recipe_plans_and_dry_runs_with_a_gemma3_processor(misc_models, tmp_path, capsys):
+    from sft.cli import main as cli
+
+    assert make_plan(load_recipe(GEMMA3_4B_RECIPE)).fits
+    rows = [{"image": f"{i}.png", "prompt": "What element is shown?", "target": label}
+            for i, label in enumerate(["water", "fire"])]
+    for i in range(2):
+        write_image(tmp_path / f"{i}.png")
+    train_file, eval_file = write_jsonl(tmp_path / "train.jsonl", rows), write_jsonl(tmp_path / "val.jsonl", rows)
+    args = ["train", str(GEMMA3_4B_RECIPE), "--dry-run", "--train_file", str(train_file),
+            "--eval_file", str(eval_file), "--model_name_or_path", str(misc_models["gemma3"])]
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("2 rows, 2 ok") == 2 and "0 bad" in out
