@@ -34,6 +34,7 @@ FAMILIES = (
            # transformers 5.23's torchvision MllamaImageProcessor returns one aspect_ratio_ids row for a batch of
            # an image row and a text row (pixel_values has two); the PIL one returns two.
            processor_kwargs={"backend": "pil"}),
+    # SmolVLM (Idefics3 architecture) and SmolVLM2 (`smolvlm`: the same template with a video branch).
     Family("idefics3", ("idefics3", "smolvlm"), "HuggingFaceTB/SmolVLM-256M-Instruct", "<end_of_utterance>",
            vision_modules=("vision_model", "connector"), extra_inputs=("pixel_attention_mask",)),
     # Qwen-VL: the vision tower and its patch merger (the projector) both live under `model.visual`; the template
@@ -70,6 +71,11 @@ FAMILIES = (
     # LLaVA-1.5: `USER: <image>\n... ASSISTANT: reply` with no token closing the reply; the collator inserts EOS.
     Family("llava", ("llava",), "llava-hf/llava-1.5-7b-hf", "</s>",
            vision_modules=("vision_tower", "multi_modal_projector")),
+    # LLaVA-NeXT (Mistral): `[INST] <image>\n... [/INST] reply</s>`; image_sizes tells the model each image's tiling.
+    Family("llava_next", ("llava_next",), "llava-hf/llava-v1.6-mistral-7b-hf", "</s>",
+           vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("image_sizes",)),
+    Family("llava_onevision", ("llava_onevision",), "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "<|im_end|>",
+           vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("image_sizes", "batch_num_images")),
 )
 
 BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}

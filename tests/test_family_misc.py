@@ -37,9 +37,11 @@ SMOLVLM = TEMPLATES.parent / "real-processors" / "SmolVLM-256M-Instruct" if TEMP
 # Issue #9's expected supervision: reply prefix + reply + closing. LLaVA-1.5's template writes "ASSISTANT:" as the
 # generation prompt and "ASSISTANT: reply" with nothing after it, so its `</s>` is the EOS the collator inserts.
 CLOSING = {"internvl": "<|im_end|>", "mistral3": "</s>", "llama4": "<|eot|>", "gemma3": "<end_of_turn>",
-           "llava": "</s>"}
-REPLY_PREFIX = {"llava": " "}
-TABLE_NAME = {"internvl": "internvl3", "mistral3": "mistral3", "llama4": "llama4", "gemma3": "gemma3", "llava": "llava"}
+           "llava": "</s>", "smolvlm": "<end_of_utterance>", "llava_next": "</s>", "llava_onevision": "<|im_end|>"}
+# SmolVLM2's generation prompt is "Assistant:" and its turn "Assistant: reply"; LLaVA-NeXT's "[/INST]" then " reply".
+REPLY_PREFIX = {"llava": " ", "smolvlm": " ", "llava_next": " "}
+TABLE_NAME = {"internvl": "internvl3", "mistral3": "mistral3", "llama4": "llama4", "gemma3": "gemma3", "llava": "llava",
+              "smolvlm": "idefics3", "llava_next": "llava_next", "llava_onevision": "llava_onevision"}
 # Tensors with one entry per token: they must match input_ids in batch and length.
 PER_TOKEN = ("attention_mask", "labels", "token_type_ids", "mm_token_type_ids")
 
@@ -170,7 +172,7 @@ def test_lora_hits_only_language_model_attention_and_no_vision_module_is_quantiz
     targets = [n for n, _ in lora_targets(model, LANGUAGE_MODEL_ATTENTION)]
     layers = model.config.get_text_config().num_hidden_layers
     assert len(targets) == 4 * layers  # q, k, v, o of each language-model layer, nothing else
-    assert all(re.search(r"language_model\.(model\.)?layers\.\d+\.self_attn\.[qkvo]_proj$", n) for n in targets)
+    assert all(re.search(r"(language_model|text_model)\.(model\.)?layers\.\d+\.self_attn\.[qkvo]_proj$", n) for n in targets)
     linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     vision = [n for n in linears if set(n.split(".")) & set(family.vision_modules)]
     assert vision and not any(_is_quantized(n) for n in vision)

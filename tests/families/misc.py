@@ -24,6 +24,9 @@ TEMPLATE_FILES = {
     "llama4": "transformers_llama4_processing_chat_template.jinja",
     "gemma3": "trl_gemma3.jinja",
     "llava": "llava_1_5_hub_chat_template.jinja",
+    "smolvlm": "transformers_smolvlm_DEFAULT_CHAT_TEMPLATE.jinja",
+    "llava_next": "trl_llava_next.jinja",
+    "llava_onevision": "transformers_llava_onevision_convert_chat_template.jinja",
 }
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, max_position_embeddings=4096, tie_word_embeddings=False)
@@ -58,6 +61,16 @@ GEMMA3_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn
 GEMMA3_NAMED = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
 # LLaVA-1.5 (llava-hf/llava-1.5-7b-hf): Llama 2's <unk>, <s>, </s>, plus <image> and <pad> added by llava-hf.
 LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
+# SmolVLM2 (HuggingFaceTB/SmolVLM2-2.2B-Instruct): SmolVLM's tokens (as sft/tiny.py's Idefics3, from the real
+# SmolVLM-256M files in shared/fixtures) plus the video-frame tokens the SmolVLM2 processor looks up.
+SMOLVLM_SPECIALS = ["<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>",
+                    "<global-img>", "<video>", "<|endoftext|>"] + [f"<row_{r}_col_{c}>" for r in range(1, 7)
+                                                                    for c in range(1, 7)]
+# LLaVA-NeXT Mistral (llava-hf/llava-v1.6-mistral-7b-hf): Mistral 7B v0.2's <unk>, <s>, </s>, [INST], [/INST] plus
+# <image> and <pad> added by the llava-hf conversion.
+LLAVA_NEXT_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "<image>", "<pad>"]
+# LLaVA-OneVision (llava-hf/llava-onevision-qwen2-0.5b-ov-hf): Qwen2's tokens plus <image> and <video>.
+LLAVA_ONEVISION_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
 
 
 def template(family: str) -> str:
@@ -226,8 +239,104 @@ def build_llava(out: Path) -> None:
     _finish(model, processor, out)
 
 
+def build_smolvlm(out: Path) -> None:
+    from transformers import (
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessorPil,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
+
+    tok = build_tokenizer(SMOLVLM_SPECIALS)
+    tok.bos_token, tok.eos_token, tok.pad_token = "<|im_start|>", "<end_of_utterance>", "<|im_end|>"
+    tile, patch, scale = 32, 16, 2
+    config = SmolVLMConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=tile, patch_size=patch),
+        text_config=dict(model_type="llama", vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, **TEXT),
+        scale_factor=scale, image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False,
+    )
+    model = SmolVLMForConditionalGeneration(config)
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessorPil(size={"longest_edge": 2 * tile},
+                                                 max_image_size={"longest_edge": tile}),
+        tokenizer=tok, video_processor=SmolVLMVideoProcessor(), image_seq_len=(tile // patch) ** 2 // scale**2,
+        chat_template=template("smolvlm"),
+    )
+    _finish(model, processor, out)
+
+
+def build_llava_next(out: Path) -> None:
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    trained = build_tokenizer(LLAVA_NEXT_SPECIALS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>", unk_token="<unk>")
+    tile, patch = 28, 14
+    pinpoints = [[tile, tile], [tile, 2 * tile], [2 * tile, tile]]
+    config = LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=tile, patch_size=patch, projection_dim=32),
+        text_config=dict(model_type="mistral", vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, **TEXT),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1, vision_feature_select_strategy="default", tie_word_embeddings=False,
+    )
+    model = LlavaNextForConditionalGeneration(config)
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
+                                                 image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=template("llava_next"))
+    _finish(model, processor, out)
+
+
+def build_llava_onevision(out: Path) -> None:
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    trained = build_tokenizer(LLAVA_ONEVISION_SPECIALS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>")
+    tile, patch = 28, 14
+    pinpoints = [[tile, tile], [tile, 2 * tile], [2 * tile, tile]]
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=tile, patch_size=patch),
+        text_config=dict(model_type="qwen2", vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, **TEXT),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), video_token_index=tok.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=pinpoints, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9", tie_word_embeddings=False,
+    )
+    model = LlavaOnevisionForConditionalGeneration(config)
+    size = {"height": tile, "width": tile}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessorPil(size=size, image_grid_pinpoints=pinpoints),
+        tokenizer=tok, video_processor=LlavaOnevisionVideoProcessor(size=size), num_image_tokens=(tile // patch) ** 2,
+        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+        chat_template=template("llava_onevision"),
+    )
+    _finish(model, processor, out)
+
+
 BUILDERS = {"internvl": build_internvl, "mistral3": build_mistral3, "llama4": build_llama4, "gemma3": build_gemma3,
-            "llava": build_llava}
+            "llava": build_llava, "smolvlm": build_smolvlm, "llava_next": build_llava_next,
+            "llava_onevision": build_llava_onevision}
 
 
 def build(family: str, out: str | Path, seed: int = 0) -> Path:
