@@ -172,7 +172,8 @@ def test_lora_hits_only_language_model_attention_and_no_vision_module_is_quantiz
     targets = [n for n, _ in lora_targets(model, LANGUAGE_MODEL_ATTENTION)]
     layers = model.config.get_text_config().num_hidden_layers
     assert len(targets) == 4 * layers  # q, k, v, o of each language-model layer, nothing else
-    assert all(re.search(r"(language_model|text_model)\.(model\.)?layers\.\d+\.self_attn\.[qkvo]_proj$", n) for n in targets)
+    language_attention = r"(language_model|text_model)\.(model\.)?layers\.\d+\.self_attn\.[qkvo]_proj$"
+    assert all(re.search(language_attention, n) for n in targets)
     linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     vision = [n for n in linears if set(n.split(".")) & set(family.vision_modules)]
     assert vision and not any(_is_quantized(n) for n in vision)

@@ -291,8 +291,8 @@ def build_llava_next(out: Path) -> None:
         vision_feature_layer=-1, vision_feature_select_strategy="default", tie_word_embeddings=False,
     )
     model = LlavaNextForConditionalGeneration(config)
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
-                                                 image_grid_pinpoints=pinpoints)
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": tile}, image_grid_pinpoints=pinpoints,
+                                                 crop_size={"height": tile, "width": tile})
     processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch,
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                    chat_template=template("llava_next"))
