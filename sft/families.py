@@ -68,6 +68,11 @@ FAMILIES = (
     # model's training forward needs them on every row (text-only rows too).
     Family("gemma3", ("gemma3",), "google/gemma-3-4b-it", "<end_of_turn>",
            vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("token_type_ids",)),
+    # Gemma 4: its generation prompt adds an empty thought channel (`<|channel>thought\n<channel|>`) that a turn in
+    # the conversation lacks, so the span starts after `<|turn>model\n`; mm_token_type_ids mark the image tokens.
+    Family("gemma4", ("gemma4",), "google/gemma-4-E2B-it", "<turn|>",
+           vision_modules=("vision_tower", "embed_vision", "audio_tower", "embed_audio"),
+           extra_inputs=("mm_token_type_ids", "image_position_ids")),
     # LLaVA-1.5: `USER: <image>\n... ASSISTANT: reply` with no token closing the reply; the collator inserts EOS.
     Family("llava", ("llava",), "llava-hf/llava-1.5-7b-hf", "</s>",
            vision_modules=("vision_tower", "multi_modal_projector")),

@@ -37,11 +37,12 @@ SMOLVLM = TEMPLATES.parent / "real-processors" / "SmolVLM-256M-Instruct" if TEMP
 # Issue #9's expected supervision: reply prefix + reply + closing. LLaVA-1.5's template writes "ASSISTANT:" as the
 # generation prompt and "ASSISTANT: reply" with nothing after it, so its `</s>` is the EOS the collator inserts.
 CLOSING = {"internvl": "<|im_end|>", "mistral3": "</s>", "llama4": "<|eot|>", "gemma3": "<end_of_turn>",
-           "llava": "</s>", "smolvlm": "<end_of_utterance>", "llava_next": "</s>", "llava_onevision": "<|im_end|>"}
+           "llava": "</s>", "smolvlm": "<end_of_utterance>", "llava_next": "</s>", "llava_onevision": "<|im_end|>",
+           "gemma4": "<turn|>"}
 # SmolVLM2's generation prompt is "Assistant:" and its turn "Assistant: reply"; LLaVA-NeXT's "[/INST]" then " reply".
 REPLY_PREFIX = {"llava": " ", "smolvlm": " ", "llava_next": " "}
 TABLE_NAME = {"internvl": "internvl3", "mistral3": "mistral3", "llama4": "llama4", "gemma3": "gemma3", "llava": "llava",
-              "smolvlm": "idefics3", "llava_next": "llava_next", "llava_onevision": "llava_onevision"}
+              "smolvlm": "idefics3", "llava_next": "llava_next", "llava_onevision": "llava_onevision", "gemma4": "gemma4"}
 # Tensors with one entry per token: they must match input_ids in batch and length.
 PER_TOKEN = ("attention_mask", "labels", "token_type_ids", "mm_token_type_ids")
 

@@ -27,6 +27,7 @@ TEMPLATE_FILES = {
     "smolvlm": "transformers_smolvlm_DEFAULT_CHAT_TEMPLATE.jinja",
     "llava_next": "trl_llava_next.jinja",
     "llava_onevision": "transformers_llava_onevision_convert_chat_template.jinja",
+    "gemma4": "axolotl_gemma4.jinja",
 }
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, max_position_embeddings=4096, tie_word_embeddings=False)
@@ -71,6 +72,13 @@ SMOLVLM_SPECIALS = ["<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<image>
 LLAVA_NEXT_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "<image>", "<pad>"]
 # LLaVA-OneVision (llava-hf/llava-onevision-qwen2-0.5b-ov-hf): Qwen2's tokens plus <image> and <video>.
 LLAVA_ONEVISION_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+# Gemma 4 (google/gemma-4-E2B-it): the special tokens listed in the fixtures' README (from published
+# tokenizer_config.json copies); the processor takes boi/eoi/image and the audio ones from the named extra tokens.
+GEMMA4_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<|turn>", "<turn|>", "<|channel>", "<channel|>",
+                   "<|image>", "<image|>", "<|image|>", "<|audio>", "<audio|>", "<|audio|>", "<|tool>", "<tool|>",
+                   "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>', "<|video|>"]
+GEMMA4_NAMED = {"boi_token": "<|image>", "eoi_token": "<image|>", "image_token": "<|image|>", "boa_token": "<|audio>",
+                "eoa_token": "<audio|>", "audio_token": "<|audio|>"}
 
 
 def template(family: str) -> str:
@@ -334,9 +342,47 @@ def build_llava_onevision(out: Path) -> None:
     _finish(model, processor, out)
 
 
+def build_gemma4(out: Path) -> None:
+    from transformers import (
+        Gemma4AudioFeatureExtractor,
+        Gemma4Config,
+        Gemma4ForConditionalGeneration,
+        Gemma4ImageProcessorPil,
+        Gemma4Processor,
+        Gemma4VideoProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    trained = build_tokenizer(GEMMA4_SPECIALS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, bos_token="<bos>", eos_token="<eos>",
+                                  pad_token="<pad>", unk_token="<unk>", extra_special_tokens=GEMMA4_NAMED)
+    vocab, soft_tokens = len(tok), 70  # 70 is the smallest soft-token budget the image processor accepts
+    config = Gemma4Config(
+        text_config=dict(vocab_size=vocab, vocab_size_per_layer_input=vocab, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         hidden_size_per_layer_input=16, layer_types=["sliding_attention", "full_attention"],
+                         per_layer_config={}, sliding_window=64, max_position_embeddings=4096,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                         tie_word_embeddings=False),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           num_key_value_heads=2, head_dim=16, patch_size=16, pooling_kernel_size=2,
+                           position_embedding_size=64),
+        audio_config=None, boi_token_id=tok.convert_tokens_to_ids("<|image>"),
+        eoi_token_id=tok.convert_tokens_to_ids("<image|>"), image_token_id=tok.convert_tokens_to_ids("<|image|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video|>"), tie_word_embeddings=False,
+    )
+    model = Gemma4ForConditionalGeneration(config)
+    sizes = dict(patch_size=16, max_soft_tokens=soft_tokens, pooling_kernel_size=2)
+    processor = Gemma4Processor(feature_extractor=Gemma4AudioFeatureExtractor(),
+                                image_processor=Gemma4ImageProcessorPil(**sizes), tokenizer=tok,
+                                video_processor=Gemma4VideoProcessor(**sizes), chat_template=template("gemma4"),
+                                image_seq_length=soft_tokens)
+    _finish(model, processor, out)
+
+
 BUILDERS = {"internvl": build_internvl, "mistral3": build_mistral3, "llama4": build_llama4, "gemma3": build_gemma3,
             "llava": build_llava, "smolvlm": build_smolvlm, "llava_next": build_llava_next,
-            "llava_onevision": build_llava_onevision}
+            "llava_onevision": build_llava_onevision, "gemma4": build_gemma4}
 
 
 def build(family: str, out: str | Path, seed: int = 0) -> Path:
