@@ -70,11 +70,13 @@ class CompletionOnlyCollator:
         self.processing_class = processing_class
         self.is_processor = isinstance(processing_class, ProcessorMixin)
         self.tokenizer = processing_class.tokenizer if self.is_processor else processing_class
+        family = family_for_processor(processing_class) if self.is_processor else None
+        if family is not None and family.refusal:
+            raise UserError(family.refusal)
         if not self.tokenizer.chat_template and not getattr(processing_class, "chat_template", None):
             raise UserError("the model's tokenizer has no chat template; a chat model is needed to mask by turn")
         # What the template writes per image, counted to know which images lie before a position: the processor's
         # `image_token` unless the family table names another marker; a text tokenizer has none.
-        family = family_for_processor(processing_class) if self.is_processor else None
         self.image_token = (family.image_marker if family and family.image_marker else
                             getattr(processing_class, "image_token", None)) if self.is_processor else None
         # Only templates that read `date_string` get it (others would warn about an unused keyword).

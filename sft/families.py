@@ -24,6 +24,7 @@ class Family:
     image_marker: str | None = None  # what the template writes per image, when it is not processor.image_token
     processor_kwargs: dict = field(default_factory=dict)  # extra arguments to AutoProcessor.from_pretrained
     reasoning_end: str | None = None  # a non-special token that ends a thinking block; the answer follows it
+    refusal: str | None = None  # why the toolkit does not train this family yet (one line, said before any work)
 
 
 FAMILIES = (
@@ -73,6 +74,12 @@ FAMILIES = (
     Family("gemma4", ("gemma4",), "google/gemma-4-E2B-it", "<turn|>",
            vision_modules=("vision_tower", "embed_vision", "audio_tower", "embed_audio"),
            extra_inputs=("mm_token_type_ids", "image_position_ids")),
+    # PaliGemma 2 checkpoints ship no chat template: their processor's own prefix/suffix path (bidirectional prefix,
+    # token_type_ids) is what they train on, and the collator does not build it yet.
+    Family("paligemma", ("paligemma",), "google/paligemma2-3b-pt-448", "<eos>",
+           vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("token_type_ids",),
+           refusal="PaliGemma 2 has no chat template and trains through its processor's prefix/suffix path, which "
+                   "this toolkit does not build yet; use a chat VLM (Gemma 3, Qwen2.5-VL, ...)"),
     # LLaVA-1.5: `USER: <image>\n... ASSISTANT: reply` with no token closing the reply; the collator inserts EOS.
     Family("llava", ("llava",), "llava-hf/llava-1.5-7b-hf", "</s>",
            vision_modules=("vision_tower", "multi_modal_projector")),
