@@ -110,7 +110,6 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     if eval_metrics:
         bleu = f"; BLEU tokenize {bleu_tokenizer([reference(r) for r in eval_rows])}" if "bleu" in eval_metrics else ""
         log(f"eval metrics: {', '.join(eval_metrics)} ({why}{bleu})")
-    if eval_metrics:
         check_metric_for_best_model(args.metric_for_best_model, eval_metrics)
     elif eval_rows is not None and args.metric_for_best_model not in (None, "loss", "eval_loss"):
         # Kept as before this check existed (runs shorter than an epoch never evaluate); Trainer names it if one does.
