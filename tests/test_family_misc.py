@@ -29,6 +29,7 @@ from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
 from sft.train import main as train
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe
 from tests.families.misc import BUILDERS, TEMPLATES, build
+from tests.families.round_trip import assert_merge_and_predict_agree
 from tests.test_label_contract import SHAPES, supervised_text
 from tests.test_training import recipe_for
 
@@ -305,9 +306,6 @@ def test_paligemma_is_refused_in_one_line_saying_why(tmp_path):
 
 # ---- Gemma 3: export, merge, predict ----------------------------------------------------------------------------
 def test_gemma3_merged_logits_equal_base_plus_adapter_and_predict_agrees(misc_models, tmp_path_factory, tmp_path):
-    from sft.export import export_adapter, load_base, load_with_adapter, merge
-    from sft.predict import predict
-
     run_root = tmp_path_factory.mktemp("gemma3_export")
     train(load_recipe(recipe_for(run_root, misc_models["gemma3"], True, load_in_8bit=True, learning_rate=5e-3,
                                  max_length=128)))
@@ -315,19 +313,4 @@ def test_gemma3_merged_logits_equal_base_plus_adapter_and_predict_agrees(misc_mo
     collator = CompletionOnlyCollator(load_processor(str(run), AutoConfig.from_pretrained(misc_models["gemma3"])))
     rows = [example(tmp_path, SHAPES["prompt_completion"], True), example(tmp_path, SHAPES["multi_turn"], False)]
     batches = [{k: v for k, v in collator([row]).items() if k != "labels"} for row in rows]
-    unmerged, _ = load_with_adapter(run, torch.float32)
-    merged_dir = merge(run, tmp_path / "merged", dtype="fp32")
-    merged, _ = load_base(str(merged_dir), torch.float32)
-    base, _ = load_base(str(misc_models["gemma3"]), torch.float32)
-    with torch.no_grad():
-        for batch in batches:
-            expected_logits = unmerged(**batch).logits
-            assert (expected_logits - merged.eval()(**batch).logits).abs().max().item() <= 1e-4
-            assert (expected_logits - base.eval()(**batch).logits).abs().max().item() > 1e-2  # the adapter learnt
-
-    exported = export_adapter(run, tmp_path / "export")
-    assert (exported / "adapter_model.safetensors").is_file()
-    data = run_root / "val.jsonl"
-    from_run = predict(run, data, tmp_path / "a.jsonl", column_map={"completion": "target"})
-    from_merged = predict(merged_dir, data, tmp_path / "b.jsonl", column_map={"completion": "target"})
-    assert from_run["predictions"] == from_merged["predictions"] and from_run["scored"] == 4
+    assert_merge_and_predict_agree(run, misc_models["gemma3"], batches, tmp_path)

@@ -19,16 +19,15 @@ from sft.cli import main as sft
 from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
 from sft.dataset import measure
 from sft.errors import UserError
-from sft.export import export_adapter, load_base, load_with_adapter, merge
 from sft.families import family_for_processor
 from sft.generation import answer_of, exact_match, generate_replies, reference
 from sft.model import load_processor
 from sft.plan import _is_quantized, build_on_meta, lora_targets, make_plan
-from sft.predict import predict
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
 from sft.train import main as train
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe
 from tests.families.qwen import TEMPLATES, VARIANTS, build_qwen
+from tests.families.round_trip import assert_merge_and_predict_agree
 from tests.test_label_contract import SHAPES, supervised_text
 from tests.test_training import recipe_for
 
@@ -281,19 +280,4 @@ def test_qwen2_5_vl_merged_logits_equal_base_plus_adapter_and_predict_agrees(qwe
     rows = [example(tmp_path, SHAPES["prompt_completion"], False) | {"stored_images": [str(image)]},
             example(tmp_path, SHAPES["multi_turn"], False)]
     batches = [{k: v for k, v in collator([row]).items() if k != "labels"} for row in rows]
-    unmerged, _ = load_with_adapter(qwen_run, torch.float32)
-    merged_dir = merge(qwen_run, tmp_path / "merged", dtype="fp32")
-    merged, _ = load_base(str(merged_dir), torch.float32)
-    base, _ = load_base(str(qwen_models["qwen2_5_vl"]), torch.float32)
-    with torch.no_grad():
-        for batch in batches:
-            expected = unmerged(**batch).logits
-            assert (expected - merged.eval()(**batch).logits).abs().max().item() <= 1e-4
-            assert (expected - base.eval()(**batch).logits).abs().max().item() > 1e-2  # the adapter learnt something
-
-    exported = export_adapter(qwen_run, tmp_path / "export")
-    assert (exported / "adapter_model.safetensors").is_file() and (exported / "chat_template.jinja").is_file()
-    data = qwen_run.parent / "val.jsonl"
-    from_run = predict(qwen_run, data, tmp_path / "a.jsonl", column_map={"completion": "target"})
-    from_merged = predict(merged_dir, data, tmp_path / "b.jsonl", column_map={"completion": "target"})
-    assert from_run["predictions"] == from_merged["predictions"] and from_run["scored"] == 4
+    assert_merge_and_predict_agree(qwen_run, qwen_models["qwen2_5_vl"], batches, tmp_path)
