@@ -314,3 +314,34 @@ def test_gemma3_merged_logits_equal_base_plus_adapter_and_predict_agrees(misc_mo
     rows = [example(tmp_path, SHAPES["prompt_completion"], True), example(tmp_path, SHAPES["multi_turn"], False)]
     batches = [{k: v for k, v in collator([row]).items() if k != "labels"} for row in rows]
     assert_merge_and_predict_agree(run, misc_models["gemma3"], batches, tmp_path)
+
+
+# ---- SmolVLM2 and LLaVA-OneVision: plans from the shipped configs ------------------------------------------------
+def lora_count(r: int, layers: int, hidden: int, q_out: int, kv_out: int) -> int:
+    """LoRA parameters on q/k/v/o: each adds r x (in + out)."""
+    return layers * r * ((hidden + q_out) + 2 * (hidden + kv_out) + (q_out + hidden))
+
+
+SHIPPED = {
+    # 24 layers, hidden 2048, 32 heads of 64 for queries and for keys/values; the hub's "2.25B params".
+    "HuggingFaceTB/SmolVLM2-2.2B-Instruct": ("SmolVLMForConditionalGeneration", 2_246_784_880,
+                                             lora_count(8, 24, 2048, 2048, 2048)),
+    # 28 layers, hidden 3584, 28 query and 4 key/value heads of 128; the hub's "8.03B params".
+    "llava-hf/llava-onevision-qwen2-7b-ov-hf": ("LlavaOnevisionForConditionalGeneration", 8_030_807_584,
+                                                lora_count(8, 28, 3584, 3584, 512)),
+}
+
+
+@pytest.mark.parametrize("hub_id", list(SHIPPED))
+def test_plan_from_the_shipped_config_quantizes_only_the_language_model(tmp_path, hub_id):
+    from sft.plan import build_on_meta
+
+    architecture, total, lora = SHIPPED[hub_id]
+    recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=hub_id, train_file="t.jsonl", load_in_4bit=True,
+                          dtype="bfloat16", lora_r=8)
+    plan = make_plan(load_recipe(recipe))
+    assert (plan.architecture, plan.total_params, plan.lora_params) == (architecture, total, lora)
+    model, _ = build_on_meta(hub_id)
+    language = sum(m.weight.numel() for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and re.search(r"\.(language|text)_model\.", n))
+    assert plan.quantized_params == language  # 4-bit: no vision tower, projector or lm_head weight
