@@ -70,7 +70,8 @@ class CompletionOnlyCollator:
         self.processing_class = processing_class
         self.is_processor = isinstance(processing_class, ProcessorMixin)
         self.tokenizer = processing_class.tokenizer if self.is_processor else processing_class
-        family = family_for_processor(processing_class) if self.is_processor else None
+        # The family table's entry for this processor (None for a text tokenizer or an unlisted family).
+        self.family = family = family_for_processor(processing_class) if self.is_processor else None
         if family is not None and family.refusal:
             raise UserError(family.refusal)
         if not self.tokenizer.chat_template and not getattr(processing_class, "chat_template", None):

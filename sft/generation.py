@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from sft.collator import CompletionOnlyCollator
-from sft.families import Family, family_for_processor
+from sft.families import Family
 from sft.messages import text_of
 from sft.metrics import score
 
@@ -62,7 +62,6 @@ def generate(model, collator: CompletionOnlyCollator, examples: list[dict], batc
     model.eval()
     device = next(model.parameters()).device
     tokenizer = collator.tokenizer
-    family = family_for_processor(collator.processing_class) if collator.is_processor else None
     generated = []
     try:
         for start in range(0, len(examples), batch_size):
@@ -72,7 +71,7 @@ def generate(model, collator: CompletionOnlyCollator, examples: list[dict], batc
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
             decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             prompts = [readable_prompt(tokenizer, ids) for ids in inputs["input_ids"].tolist()]
-            generated += [Generated(prompt, answer_of(text, family)) for prompt, text in zip(prompts, decoded)]
+            generated += [Generated(prompt, answer_of(text, collator.family)) for prompt, text in zip(prompts, decoded)]
     finally:
         model.train(was_training)
     return generated
