@@ -231,10 +231,10 @@ if {what!r} == "check":
 else:
     from sft.recipe import load_recipe
     from sft.train import prepare_split
-    from sft.collator import CompletionOnlyCollator
+    from sft.collator import make_collator
     from sft.model import load_processing_class
     recipe = load_recipe({recipe!r})
-    collator = CompletionOnlyCollator(load_processing_class(recipe.model), max_length=recipe.training.max_length)
+    collator = make_collator(load_processing_class(recipe.model), max_length=recipe.training.max_length)
     prepare_split(recipe, collator, "train", recipe.data.train_file)
 seconds = time.perf_counter() - start
 peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))

@@ -13,7 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sft.collator import CompletionOnlyCollator  # noqa: E402
+from sft.collator import make_collator  # noqa: E402
 from sft.export import load_base, load_with_adapter  # noqa: E402
 from sft.predict import default_data, load_for_inference  # noqa: E402
 from sft.rows import RowError, iter_rows  # noqa: E402
@@ -29,7 +29,7 @@ def main() -> None:
     merged, _ = load_base(str(args.merged))
     merged.eval()
     _, processing_class, date_string = load_for_inference(args.merged)
-    collator = CompletionOnlyCollator(processing_class, date_string=date_string)
+    collator = make_collator(processing_class, date_string=date_string)
     data, image_root, column_map = default_data(args.run)
     rows = [r for r in iter_rows(data, image_root, column_map) if not isinstance(r, RowError)][: args.rows]
     text_only = [{**r, "stored_images": []} for r in rows]  # the same prompts without their images

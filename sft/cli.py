@@ -39,14 +39,14 @@ def _has_cuda() -> bool:
 
 
 def _recipe_and_collator(args, overrides):
-    from sft.collator import CompletionOnlyCollator
+    from sft.collator import make_collator
     from sft.model import load_processing_class
     from sft.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, overrides)
     processing_class = load_processing_class(recipe.model, recipe.training.trust_remote_code)
-    collator = CompletionOnlyCollator(processing_class, date_string=recipe.data.date_string,
-                                      max_length=recipe.training.max_length)
+    collator = make_collator(processing_class, date_string=recipe.data.date_string,
+                             max_length=recipe.training.max_length)
     return recipe, collator
 
 

@@ -62,8 +62,21 @@ def located(example: dict):
         raise UserError(f"{where}: {exc}") from None
 
 
+def make_collator(processing_class, **kwargs) -> CompletionOnlyCollator:
+    """The collator for this tokenizer or processor: by chat template, or through the processor's prefix/suffix call
+    for a family that the table marks so (PaliGemma 2)."""
+    family = family_for_processor(processing_class) if isinstance(processing_class, ProcessorMixin) else None
+    if family is not None and family.prefix_suffix:
+        from sft.prefix_suffix import PrefixSuffixCollator  # a subclass of the one below, in its own module
+
+        return PrefixSuffixCollator(processing_class, **kwargs)
+    return CompletionOnlyCollator(processing_class, **kwargs)
+
+
 class CompletionOnlyCollator:
     """Builds training batches whose labels supervise the assistant replies and their end-of-turn tokens only."""
+
+    needs_chat_template = True  # labels are located in the template's rendering (not so in sft/prefix_suffix.py)
 
     def __init__(self, processing_class, date_string: str | None = None, max_length: int | None = None,
                  pad_to_multiple_of: int | None = None):
@@ -72,17 +85,15 @@ class CompletionOnlyCollator:
         self.tokenizer = processing_class.tokenizer if self.is_processor else processing_class
         # The family table's entry for this processor (None for a text tokenizer or an unlisted family).
         self.family = family = family_for_processor(processing_class) if self.is_processor else None
-        if family is not None and family.refusal:
-            raise UserError(family.refusal)
-        if not self.tokenizer.chat_template and not getattr(processing_class, "chat_template", None):
+        template = getattr(processing_class, "chat_template", None) or self.tokenizer.chat_template
+        if self.needs_chat_template and not template:
             raise UserError("the model's tokenizer has no chat template; a chat model is needed to mask by turn")
         # What the template writes per image, counted to know which images lie before a position: the processor's
         # `image_token` unless the family table names another marker; a text tokenizer has none.
         self.image_token = (family.image_marker if family and family.image_marker else
                             getattr(processing_class, "image_token", None)) if self.is_processor else None
         # Only templates that read `date_string` get it (others would warn about an unused keyword).
-        template = str(getattr(processing_class, "chat_template", None) or self.tokenizer.chat_template)
-        self.date_string = date_string if "date_string" in template else None
+        self.date_string = date_string if "date_string" in str(template or "") else None
         self.template_kwargs = {"date_string": self.date_string} if self.date_string else {}
         self.max_length = max_length
         self.pad_to_multiple_of = pad_to_multiple_of

@@ -3,7 +3,8 @@
 The label contract (shared/DESIGN.md) is the same for all of them and lives in sft/collator.py; what is here is
 only what cannot be read off the processor or the config: which module names are the vision side (never LoRA'd,
 never quantized), what the chat template writes for an image when that is not `processor.image_token`, how the
-processor must be loaded, and, for the README and the tests, the token that closes an assistant turn.
+processor must be loaded, whether the family trains without a chat template, and, for the README and the tests, the
+token that closes an assistant turn.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Family:
     image_marker: str | None = None  # what the template writes per image, when it is not processor.image_token
     processor_kwargs: dict = field(default_factory=dict)  # extra arguments to AutoProcessor.from_pretrained
     reasoning_end: str | None = None  # a non-special token that ends a thinking block; the answer follows it
-    refusal: str | None = None  # why the toolkit does not train this family yet (one line, said before any work)
+    prefix_suffix: bool = False  # no chat template: trains through the processor's prefix/suffix call
 
 
 FAMILIES = (
@@ -74,12 +75,12 @@ FAMILIES = (
     Family("gemma4", ("gemma4",), "google/gemma-4-E2B-it", "<turn|>",
            vision_modules=("vision_tower", "embed_vision", "audio_tower", "embed_audio"),
            extra_inputs=("mm_token_type_ids", "image_position_ids")),
-    # PaliGemma 2 checkpoints ship no chat template: their processor's own prefix/suffix path (bidirectional prefix,
-    # token_type_ids) is what they train on, and the collator does not build it yet.
+    # PaliGemma 2 checkpoints ship no chat template: one prompt and one answer go through the processor's own
+    # prefix/suffix call (sft/prefix_suffix.py): image tokens + <bos> + prompt + "\n" attended bidirectionally,
+    # answer + <eos> causally, token_type_ids telling the model which is which.
     Family("paligemma", ("paligemma",), "google/paligemma2-3b-pt-448", "<eos>",
            vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("token_type_ids",),
-           refusal="PaliGemma 2 has no chat template and trains through its processor's prefix/suffix path, which "
-                   "this toolkit does not build yet; use a chat VLM (Gemma 3, Qwen2.5-VL, ...)"),
+           prefix_suffix=True),
     # LLaVA-1.5: `USER: <image>\n... ASSISTANT: reply` with no token closing the reply; the collator inserts EOS.
     Family("llava", ("llava",), "llava-hf/llava-1.5-7b-hf", "</s>",
            vision_modules=("vision_tower", "multi_modal_projector")),

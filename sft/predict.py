@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sft.collator import CompletionOnlyCollator
+from sft.collator import make_collator
 from sft.dataset import raise_on_errors
 from sft.errors import UserError
 from sft.export import load_base, load_with_adapter
@@ -76,7 +76,7 @@ def predict(path: str | Path, data: str | Path, out: str | Path | None = None, b
     if not items:
         raise UserError(f"{data}: no rows")
     model, processing_class, date_string = load_for_inference(path)
-    collator = CompletionOnlyCollator(processing_class, date_string=date_string)
+    collator = make_collator(processing_class, date_string=date_string)
     max_new_tokens = max_new_tokens or max(max_reply_tokens(collator, items), 32)
     predictions = generate_replies(model, collator, items, batch_size=batch_size, max_new_tokens=max_new_tokens)
     references = [reference(item) for item in items]

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import EarlyStoppingCallback, set_seed
 
-from sft.collator import CompletionOnlyCollator
+from sft.collator import CompletionOnlyCollator, make_collator
 from sft.dataset import FitReport, fit_to_length, load_rows
 from sft.errors import UserError
 from sft.eval_split import split_rows
@@ -76,8 +76,8 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
 
     # ---- processor and collator ------------------------------------------------------------------------------
     processing_class = load_processing_class(model_args, args.trust_remote_code)
-    collator = CompletionOnlyCollator(processing_class, date_string=data.date_string, max_length=args.max_length,
-                                      pad_to_multiple_of=args.pad_to_multiple_of)
+    collator = make_collator(processing_class, date_string=data.date_string, max_length=args.max_length,
+                             pad_to_multiple_of=args.pad_to_multiple_of)
 
     # ---- output dir: never another run's checkpoints by accident -------------------------------------------
     resume = args.resume_from_checkpoint

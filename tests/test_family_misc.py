@@ -20,7 +20,6 @@ from trl import ModelConfig
 
 from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
 from sft.dataset import measure
-from sft.errors import UserError
 from sft.families import FAMILIES, family_for, family_for_processor
 from sft.generation import exact_match, generate_replies, reference
 from sft.model import NOT_QUANTIZED, load_model, load_processor
@@ -287,21 +286,6 @@ def test_gemma3_4b_recipe_plans_and_dry_runs_with_a_gemma3_processor(misc_models
     assert cli(args) == 0
     out = capsys.readouterr().out
     assert out.count("2 rows, 2 ok") == 2 and "0 bad" in out
-
-
-def test_paligemma_is_refused_in_one_line_saying_why(tmp_path):
-    from transformers import PaliGemmaProcessor, PreTrainedTokenizerFast, SiglipImageProcessorPil
-
-    from sft.tiny import build_tokenizer
-
-    trained = build_tokenizer(["<pad>", "<eos>", "<bos>", "<unk>", "<image>"])
-    tok = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, bos_token="<bos>", eos_token="<eos>",
-                                  pad_token="<pad>", unk_token="<unk>")
-    processor = PaliGemmaProcessor(image_processor=SiglipImageProcessorPil(size={"height": 28, "width": 28}),
-                                   tokenizer=tok)
-    with pytest.raises(UserError) as refused:
-        CompletionOnlyCollator(processor)
-    assert str(refused.value) == family_for("paligemma").refusal and "\n" not in str(refused.value)
 
 
 # ---- Gemma 3: export, merge, predict ----------------------------------------------------------------------------

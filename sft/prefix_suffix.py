@@ -1,0 +1,101 @@
+"""Rows for a model with no chat template that trains on its processor's prefix/suffix call (PaliGemma 2).
+
+PaliGemmaProcessor(text=prompt, images=..., suffix=answer) writes `<image>` × 256 (or 1024) + `<bos>` + prompt +
+"\\n" as the prefix and answer + `<eos>` as the suffix, tokenized apart (so no merge crosses the boundary), with
+`token_type_ids` 0 on the prefix (the model attends to it bidirectionally) and 1 on the suffix (causal). The label
+contract for such a family: supervised = the suffix, that is the answer and its EOS; nothing of the prefix. The
+processor also returns `labels`; they are rebuilt here from `token_type_ids` and the attention mask so that padding
+is never learnt whatever the tokenizer pads its type ids with, and dropped for generation (`generate` would pass them
+to every forward).
+
+Such a model takes one prompt, one answer and at least one image per row: other shapes are refused in one line.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sft.collator import IGNORE_INDEX, CompletionOnlyCollator, Encoded, located
+from sft.errors import UserError
+from sft.messages import image_count, text_of
+
+
+class PrefixSuffixCollator(CompletionOnlyCollator):
+    """Batches of one prompt + image(s) → one answer, through the processor's own prefix/suffix path."""
+
+    needs_chat_template = False
+
+    def prefix_and_suffix(self, messages: list[dict]) -> tuple[str, str | None]:
+        """The processor's `text` (image markers + prompt) and `suffix` (the answer; None when the row has none)."""
+        self.refuse_special_text(messages)
+        name = self.family.name if self.family else type(self.processing_class).__name__
+        roles = [m["role"] for m in messages]
+        if "system" in roles:
+            raise UserError(f"{name} has no chat template and takes no system message; put its text into the prompt")
+        if roles not in (["user"], ["user", "assistant"]):
+            raise UserError(f"{name} has no chat template and takes one prompt and one answer per row (its "
+                            f"processor's prefix/suffix); this row has {roles.count('user')} user and "
+                            f"{roles.count('assistant')} assistant turn(s)")
+        if image_count(messages) == 0:
+            raise UserError(f"{name}'s processor needs an image in every row; this row has none")
+        if image_count(messages[1:]):
+            raise UserError(f"{name} takes its images with the prompt; this row puts one in the answer")
+        prompt = self.image_token * image_count(messages) + text_of(messages[0])
+        return prompt, text_of(messages[1]) if len(messages) == 2 else None
+
+    def _process_pairs(self, pairs: list[tuple[str, str | None]], images: list[list], padding_side: str):
+        prompts, suffixes = [p for p, _ in pairs], [s for _, s in pairs]
+        kwargs = dict(add_special_tokens=False, padding=True, padding_side=padding_side, return_tensors="pt",
+                      pad_to_multiple_of=self.pad_to_multiple_of)
+        if all(s is not None for s in suffixes):
+            kwargs["suffix"] = suffixes
+        batch = self.processing_class(text=prompts, images=images, **kwargs)
+        batch.pop("labels", None)
+        return batch
+
+    @staticmethod
+    def suffix_labels(batch) -> torch.Tensor:
+        """input_ids where the suffix is (token type 1, not padding); -100 elsewhere."""
+        supervised = (batch["token_type_ids"] == 1) & (batch["attention_mask"] == 1)
+        return torch.where(supervised, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX))
+
+    def _pairs(self, examples: list[dict], images: list[list]) -> list[tuple[str, str | None]]:
+        pairs = []
+        for example, imgs in zip(examples, images):
+            with located(example):
+                pair = self.prefix_and_suffix(self.messages_of(example, imgs))
+                if pair[1] is None:
+                    raise UserError("the row has no answer to train on")
+                pairs.append(pair)
+        return pairs
+
+    # ---- the collator's public interface (see CompletionOnlyCollator) ------------------------------------------
+    def inserts_eos(self, messages: list[dict]) -> bool:
+        return False  # the processor itself appends EOS to the answer
+
+    def encode(self, example: dict, images: list | None = None) -> Encoded:
+        images = self.load_images(example) if images is None else images
+        (prompt, suffix), = self._pairs([example], [images])
+        batch = self._process_pairs([(prompt, suffix)], [images], "right")
+        ids = batch["input_ids"][0].tolist()
+        return Encoded(ids, self.suffix_labels(batch)[0].tolist(), self.tokenizer.decode(ids))
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        images = [self.load_images(example) for example in examples]
+        batch = self._process_pairs(self._pairs(examples, images), images, "right")
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        for example, length in zip(examples, lengths):
+            if self.max_length is not None and length > self.max_length:
+                with located(example):
+                    raise UserError(f"{length} tokens exceed max_length {self.max_length}; rows must pass "
+                                    "sft.dataset.fit_to_length first")
+        batch["labels"] = self.suffix_labels(batch)
+        return batch
+
+    def generation_inputs(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        images = [self.load_images(example) for example in examples]
+        prompts = []
+        for example, imgs in zip(examples, images):
+            with located(example):
+                prompts.append((self.prefix_and_suffix(self.messages_of(example, imgs))[0], None))  # answer unused
+        return self._process_pairs(prompts, images, "left")
