@@ -45,11 +45,6 @@ class Encoded:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def prompt_messages(messages: list[dict]) -> list[dict]:
-    """What the model answers: every message before the final reply (all of them when there is none)."""
-    return messages[:-1] if messages[-1]["role"] == "assistant" else messages
-
-
 @contextmanager
 def located(example: dict):
     """Prefix a UserError raised for this row with its `file:line`."""
@@ -155,7 +150,7 @@ class CompletionOnlyCollator:
                 raise UserError(f"the chat template does not write assistant turn {i + 1} verbatim")
             prompt = self.render(messages[:i], add_generation_prompt=True)
             agree = next((k for k, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
-            start = min(max(agree, len(before)), at)  # from the divergence, never inside the reply
+            start = self._token_start(full, min(max(agree, len(before)), at))  # never inside the reply
             reply_end = at + len(reply)
             closing = self._closing_token(full[reply_end:])
             if closing is None:
@@ -175,6 +170,32 @@ class CompletionOnlyCollator:
         for position in reversed(insert_at):
             full = full[:position] + self.tokenizer.eos_token + full[position:]
         return full, spans
+
+    def _token_start(self, text: str, char: int) -> int:
+        """`char`, or, when the tokenizer joins the whitespace before it with what follows into one token (Qwen's
+        `\n\n` across `<think>\n` | `\n</think>`), where that token starts: labels can only start at a token
+        boundary. Checked on a window around `char`; the full row is checked again when its labels are set."""
+        if char == 0 or not text[char - 1].isspace():
+            return char  # no whitespace to move over (a merge there is refused when the labels are set)
+        low, high = max(0, char - 32), char + 32
+        candidates = [char]
+        while candidates[-1] - 1 > low and text[candidates[-1] - 1].isspace():
+            candidates.append(candidates[-1] - 1)
+        pieces = [text[low:high]] + [piece for c in candidates for piece in (text[low:c], text[c:high])]
+        ids = self.tokenizer(pieces, add_special_tokens=False)["input_ids"]
+        return next((c for c, left, right in zip(candidates, ids[1::2], ids[2::2]) if left + right == ids[0]), char)
+
+    def generation_prompt(self, messages: list[dict]) -> str:
+        """The text the model answers, exactly as training saw it before the last reply: the row's rendering (with
+        any EOS the collator inserts) up to where that reply's supervised span starts. It is the template's
+        generation prompt wherever that is a prefix of the rendering; it leaves out the empty thought block Gemma 4's
+        generation prompt adds (training rows have none), keeps the EOS inserted after LLaVA-1.5's earlier replies,
+        and ends where a token merged across the boundary starts. A row without a final reply gets a placeholder one
+        to locate the span."""
+        if messages[-1]["role"] != "assistant":
+            messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": "PLACEHOLDER_REPLY"}]}]
+        text, spans = self.supervised_spans(messages)
+        return text[:spans[-1][0]]
 
     def inserts_eos(self, messages: list[dict]) -> bool:
         """Whether this row's template writes no closing token, so that EOS is inserted after each reply."""
@@ -274,12 +295,10 @@ class CompletionOnlyCollator:
         return batch
 
     def generation_inputs(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """Left-padded prompts (every turn before the last reply, plus the generation prompt) for `generate`."""
+        """Left-padded prompts (`generation_prompt`: every turn before the last reply, as training saw them)."""
         images = [self.load_images(example) for example in examples]
         texts = []
         for example, imgs in zip(examples, images):
             with located(example):
-                messages = self.messages_of(example, imgs)
-                self.refuse_special_text(messages)
-                texts.append(self.render(prompt_messages(messages), add_generation_prompt=True))
+                texts.append(self.generation_prompt(self.messages_of(example, imgs)))
         return self._process(texts, images if any(images) else None, padding_side="left")

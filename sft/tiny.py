@@ -62,15 +62,17 @@ _IDEFICS3_SPECIALS = [
 ] + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 
 
-def build_tokenizer(specials: list[str], vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on a small built-in corpus, with `specials` as special tokens."""
+def build_tokenizer(specials: list[str], vocab_size: int = 400,
+                    extra_lines: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on a small built-in corpus (plus `extra_lines`), with `specials` as special
+    tokens."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    tokenizer.train_from_iterator(_CORPUS.splitlines() + list(extra_lines), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
 
 

@@ -22,6 +22,7 @@ from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
 from sft.dataset import measure
 from sft.families import FAMILIES, family_for, family_for_processor
 from sft.generation import exact_match, generate_replies, reference
+from sft.messages import with_images
 from sft.model import NOT_QUANTIZED, load_model, load_processor
 from sft.plan import _is_quantized, lora_targets, make_plan
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
@@ -153,6 +154,24 @@ def test_generation_from_the_collators_prompts_is_scored(misc_models, tmp_path, 
     replies = generate_replies(model, collator, rows, max_new_tokens=4)
     assert len(replies) == 2 and all(isinstance(reply, str) for reply in replies)
     assert 0.0 <= exact_match(replies, [reference(row) for row in rows]) <= 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generation_prompt_is_the_rendering_before_the_last_reply_as_training_saw_it(misc_models, name):
+    processor, _ = load(str(misc_models[name]))
+    collator = CompletionOnlyCollator(processor)
+    messages = with_images(SHAPES["multi_turn"], 0)
+    text, spans = collator.supervised_spans(messages)
+    prompt = collator.generation_prompt(messages)
+    assert prompt == text[:spans[-1][0]]
+    template = collator.render(messages[:-1], add_generation_prompt=True)
+    if name == "gemma4":  # the template's generation prompt adds an empty thought block that training rows lack
+        assert template == prompt + "<|channel>thought\n<channel|>"
+    elif name == "llava":  # the EOS inserted after the earlier reply in training is in the prompt too
+        assert prompt == template.replace("fire", "fire</s>")
+    else:
+        assert prompt == template
+    assert collator.generation_prompt(messages[:-1]) == prompt  # a row without its reply (sft predict)
 
 
 @pytest.mark.parametrize("name", NAMES)

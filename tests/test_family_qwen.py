@@ -26,7 +26,7 @@ from sft.plan import _is_quantized, build_on_meta, lora_targets, make_plan
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
 from sft.train import main as train
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe
-from tests.families.qwen import TEMPLATES, VARIANTS, build_qwen
+from tests.families.qwen import TEMPLATES, VARIANTS, build_qwen, qwen_tokenizer
 from tests.families.round_trip import assert_merge_and_predict_agree
 from tests.test_label_contract import SHAPES, supervised_text
 from tests.test_training import recipe_for
@@ -106,6 +106,21 @@ def test_thinking_on_supervises_the_end_of_the_thinking_block_only_on_the_last_t
     assert [text[start:end] for start, end in spans] == ["fire<|im_end|>", THINKING + "A load carrier.<|im_end|>"]
     generation_prompt = collator.render(SHAPES["multi_turn"][:-1], add_generation_prompt=True)
     assert generation_prompt.endswith("<|im_start|>assistant\n<think>\n")  # the template's thinking-on prompt
+
+
+def test_with_a_tokenizer_that_merges_newlines_the_span_and_the_prompt_meet_at_the_merged_token():
+    """Qwen's real tokenizer has `\n\n` as one token, so `<think>\n` + `\n</think>` leaves no token boundary
+    between the thinking-on generation prompt and the last reply: the span starts at that token, one `\n` early,
+    and the generation prompt ends where it starts (`<think>`), so training and generation see the same tokens."""
+    tokenizer = qwen_tokenizer("qwen3_5_think", newline_merges=True)
+    assert tokenizer.tokenize("<think>\n\n</think>")[1] == "ĊĊ"
+    collator = CompletionOnlyCollator(tokenizer)
+    messages = SHAPES["multi_turn"]
+    batch = collator([{"where": "t.jsonl:1", "row": 1, "messages": messages}])
+    assert supervised_text(collator, batch) == "fire<|im_end|>" + "\n" + THINKING + "A load carrier.<|im_end|>"
+    prompt = collator.generation_prompt(messages)
+    assert prompt + "\n" == collator.render(messages[:-1], add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n<think>")
 
 
 @pytest.mark.parametrize("variant", VARIANT_NAMES)

@@ -50,9 +50,10 @@ def chat_template(name: str) -> str:
     return (TEMPLATES / VARIANTS[name][0]).read_text(encoding="utf-8")
 
 
-def qwen_tokenizer(name: str):
-    """Byte-level BPE with Qwen's special tokens, roles and the variant's real chat template."""
-    tok = build_tokenizer(QWEN_SPECIALS)
+def qwen_tokenizer(name: str, newline_merges: bool = False):
+    """Byte-level BPE with Qwen's special tokens, roles and the variant's real chat template. With `newline_merges`
+    it has learnt `\n\n` as one token, as Qwen's real tokenizer has (id 271)."""
+    tok = build_tokenizer(QWEN_SPECIALS, extra_lines=("\n\n",) * 50 if newline_merges else ())
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in VARIANTS[name][1]])
     # tokenizer_config.json: bos_token null, eos_token <|im_end|>, pad_token <|endoftext|>.
     tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
