@@ -171,19 +171,25 @@ class CompletionOnlyCollator:
             full = full[:position] + self.tokenizer.eos_token + full[position:]
         return full, spans
 
+    def _splits_at(self, text: str, char: int) -> bool:
+        """Whether the tokenizer puts a token boundary at `char` (checked on the text around it)."""
+        low, high = max(0, char - 32), char + 32
+        pieces = [text[low:high], text[low:char], text[char:high]]
+        whole, left, right = self.tokenizer(pieces, add_special_tokens=False)["input_ids"]
+        return left + right == whole
+
     def _token_start(self, text: str, char: int) -> int:
         """`char`, or, when the tokenizer joins the whitespace before it with what follows into one token (Qwen's
         `\n\n` across `<think>\n` | `\n</think>`), where that token starts: labels can only start at a token
-        boundary. Checked on a window around `char`; the full row is checked again when its labels are set."""
+        boundary. The full row is checked again when its labels are set."""
         if char == 0 or not text[char - 1].isspace():
             return char  # no whitespace to move over (a merge there is refused when the labels are set)
-        low, high = max(0, char - 32), char + 32
-        candidates = [char]
-        while candidates[-1] - 1 > low and text[candidates[-1] - 1].isspace():
-            candidates.append(candidates[-1] - 1)
-        pieces = [text[low:high]] + [piece for c in candidates for piece in (text[low:c], text[c:high])]
-        ids = self.tokenizer(pieces, add_special_tokens=False)["input_ids"]
-        return next((c for c, left, right in zip(candidates, ids[1::2], ids[2::2]) if left + right == ids[0]), char)
+        start = char
+        while start > max(0, char - 32) and not self._splits_at(text, start):
+            if not text[start - 1].isspace():
+                return char
+            start -= 1
+        return start
 
     def generation_prompt(self, messages: list[dict]) -> str:
         """The text the model answers, exactly as training saw it before the last reply: the row's rendering (with
@@ -235,6 +241,10 @@ class CompletionOnlyCollator:
                 head = self._process([text[:char]], [images[:images_before]] if images_before else None)
                 head_ids = head["input_ids"][0].tolist()
                 index, same = len(head_ids), ids[: len(head_ids)] == head_ids
+            if not same and 0 < images_before < len(images) and self._splits_at(text, char):
+                raise UserError("the processor expands the images before a later one differently from the whole row "
+                                "(LLaVA-OneVision tiles a lone image, not one of several); cannot mask by position; "
+                                "put the row's images in its first user turn")
             if not same:
                 raise UserError(f"the tokenizer merges tokens across a turn boundary at "
                                 f"{text[max(0, char - 20):char]!r}; cannot mask by position")

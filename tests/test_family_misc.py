@@ -20,6 +20,7 @@ from trl import ModelConfig
 
 from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
 from sft.dataset import measure
+from sft.errors import UserError
 from sft.families import FAMILIES, family_for, family_for_processor
 from sft.generation import exact_match, generate_replies, reference
 from sft.messages import with_images
@@ -93,6 +94,25 @@ def test_supervised_tokens_are_the_replies_and_their_end_of_turn(misc_models, tm
     assert_tensors_match_input_ids(name, batch, int(image))
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_images_in_two_turns_are_labelled_exactly_or_refused_in_one_line(misc_models, tmp_path, name):
+    processor, _ = load(str(misc_models[name]))
+    collator = CompletionOnlyCollator(processor)
+    ask = [{"type": "image"}, {"type": "text", "text": "What element?"}]
+    messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": "fire"},
+                {"role": "user", "content": ask}, {"role": "assistant", "content": "water"}]
+    row = {**example(tmp_path, messages, True), "stored_images": example(tmp_path, [], True)["stored_images"] * 2}
+    if name == "llava_onevision":  # its processor tiles a lone image (the head before the second) but not two
+        with pytest.raises(UserError, match=r"^t.jsonl:1: the processor expands the images before a later one "
+                                            r"differently .* put the row's images in its first user turn$"):
+            collator([row])
+        return
+    batch = collator([row])
+    assert supervised_text(collator, batch) == expected(name, [{"role": "assistant", "content": "fire"},
+                                                               {"role": "assistant", "content": "water"}])
+    assert_tensors_match_input_ids(name, batch, 2)
 
 
 @pytest.mark.parametrize("name", NAMES)
