@@ -3,8 +3,8 @@
 The label contract (shared/DESIGN.md) is the same for all of them and lives in sft/collator.py; what is here is
 only what cannot be read off the processor or the config: which module names are the vision side (never LoRA'd,
 never quantized), what the chat template writes for an image when that is not `processor.image_token`, how the
-processor must be loaded, whether the family trains without a chat template, and, for the README and the tests, the
-token that closes an assistant turn.
+processor must be loaded, whether the family trains without a chat template, and the token that closes an assistant
+turn (where generation stops; the README and the tests check it against the template).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ class Family:
     name: str
     model_types: tuple[str, ...]  # config.model_type values of its checkpoints
     example: str  # a hub id of the family
-    closing: str  # what ends a supervised assistant turn (documentation and tests)
+    closing: str  # the token that ends a supervised assistant turn; generation stops there too
     vision_modules: tuple[str, ...] = ()  # module-name parts of the vision tower and projector
     extra_inputs: tuple[str, ...] = ()  # processor tensors beyond input_ids, attention_mask and pixel_values
     image_marker: str | None = None  # what the template writes per image, when it is not processor.image_token

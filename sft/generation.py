@@ -54,6 +54,20 @@ def readable_prompt(tokenizer, ids: list[int]) -> str:
     return " ".join(text.strip() for text in runs if text.strip())
 
 
+def stop_ids(model, collator: CompletionOnlyCollator) -> list[int]:
+    """Where greedy generation stops: the model's own EOS ids, the tokenizer's EOS and the token that closes a
+    supervised turn (the family table's `closing`), which is what training taught the model to end a reply with;
+    a checkpoint whose generation config lacks it (Gemma 4's tokenizer EOS is `<eos>`, its turns end `<turn|>`)
+    would otherwise run on past the answer."""
+    configured = model.generation_config.eos_token_id
+    ids = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    tokenizer = collator.tokenizer
+    ids.append(tokenizer.eos_token_id)
+    if collator.family is not None:
+        ids.append(tokenizer.convert_tokens_to_ids(collator.family.closing))
+    return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
+
+
 @torch.no_grad()
 def generate(model, collator: CompletionOnlyCollator, examples: list[dict], batch_size: int = 8,
              max_new_tokens: int = 32) -> list[Generated]:
@@ -67,7 +81,7 @@ def generate(model, collator: CompletionOnlyCollator, examples: list[dict], batc
         for start in range(0, len(examples), batch_size):
             inputs = collator.generation_inputs(examples[start:start + batch_size]).to(device)
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=tokenizer.pad_token_id)
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(model, collator))
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
             decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             prompts = [readable_prompt(tokenizer, ids) for ids in inputs["input_ids"].tolist()]

@@ -213,6 +213,9 @@ def build_gemma3(out: Path) -> None:
         image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"), tie_word_embeddings=False,
     )
     model = Gemma3ForConditionalGeneration(config)
+    # transformers initialises the projector weight to zeros (a trained checkpoint overwrites it): images would then
+    # reach the language model as zeros and a run could not tell them apart.
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
     processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": tile, "width": tile}),
                                 tokenizer=tok, image_seq_length=tokens, chat_template=template("gemma3"))
     _finish(model, processor, out)
