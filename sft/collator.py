@@ -295,14 +295,18 @@ class CompletionOnlyCollator:
         labels = []
         for row, ((text, spans), imgs, example) in enumerate(zip(rendered, images, examples)):
             length = lengths[row]  # right padding: the row is its first `length` tokens
+            self.check_length(example, length)
             with located(example):
-                if self.max_length is not None and length > self.max_length:
-                    raise UserError(f"{length} tokens exceed max_length {self.max_length}; rows must pass "
-                                    "sft.dataset.fit_to_length first")
                 row_labels = self.labels_for(text, spans, all_ids[row][:length], imgs, tail_ids[row])
             labels.append(row_labels + [IGNORE_INDEX] * (len(all_ids[row]) - length))  # padding is never learnt
         batch["labels"] = torch.tensor(labels, dtype=batch["input_ids"].dtype)
         return batch
+
+    def check_length(self, example: dict, length: int) -> None:
+        if self.max_length is not None and length > self.max_length:
+            with located(example):
+                raise UserError(f"{length} tokens exceed max_length {self.max_length}; rows must pass "
+                                "sft.dataset.fit_to_length first")
 
     def generation_inputs(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Left-padded prompts (`generation_prompt`: every turn before the last reply, as training saw them)."""

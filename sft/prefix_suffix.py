@@ -43,13 +43,12 @@ class PrefixSuffixCollator(CompletionOnlyCollator):
         prompt = self.image_token * image_count(messages) + text_of(messages[0])
         return prompt, text_of(messages[1]) if len(messages) == 2 else None
 
-    def _process_pairs(self, pairs: list[tuple[str, str | None]], images: list[list], padding_side: str):
-        prompts, suffixes = [p for p, _ in pairs], [s for _, s in pairs]
+    def _process(self, texts: list[str], images: list[list] | None, padding_side: str = "right",
+                 suffixes: list[str] | None = None):
+        """The processor's own call: prompts (and answers, when given, as its `suffix`); its `labels` dropped."""
         kwargs = dict(add_special_tokens=False, padding=True, padding_side=padding_side, return_tensors="pt",
                       pad_to_multiple_of=self.pad_to_multiple_of)
-        if all(s is not None for s in suffixes):
-            kwargs["suffix"] = suffixes
-        batch = self.processing_class(text=prompts, images=images, **kwargs)
+        batch = self.processing_class(text=texts, images=images, suffix=suffixes, **kwargs)
         batch.pop("labels", None)
         return batch
 
@@ -59,43 +58,35 @@ class PrefixSuffixCollator(CompletionOnlyCollator):
         supervised = (batch["token_type_ids"] == 1) & (batch["attention_mask"] == 1)
         return torch.where(supervised, batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX))
 
-    def _pairs(self, examples: list[dict], images: list[list]) -> list[tuple[str, str | None]]:
-        pairs = []
+    def _training_batch(self, examples: list[dict], images: list[list]):
+        """Processor output for rows that each have an answer."""
+        prompts, suffixes = [], []
         for example, imgs in zip(examples, images):
             with located(example):
-                pair = self.prefix_and_suffix(self.messages_of(example, imgs))
-                if pair[1] is None:
+                prompt, suffix = self.prefix_and_suffix(self.messages_of(example, imgs))
+                if suffix is None:
                     raise UserError("the row has no answer to train on")
-                pairs.append(pair)
-        return pairs
+            prompts.append(prompt)
+            suffixes.append(suffix)
+        return self._process(prompts, images, suffixes=suffixes)
 
     # ---- the collator's public interface (see CompletionOnlyCollator) ------------------------------------------
     def inserts_eos(self, messages: list[dict]) -> bool:
         return False  # the processor itself appends EOS to the answer
 
+    def generation_prompt(self, messages: list[dict]) -> str:
+        return self.prefix_and_suffix(messages)[0]  # the processor adds <bos> and "\n" to it
+
     def encode(self, example: dict, images: list | None = None) -> Encoded:
         images = self.load_images(example) if images is None else images
-        (prompt, suffix), = self._pairs([example], [images])
-        batch = self._process_pairs([(prompt, suffix)], [images], "right")
+        batch = self._training_batch([example], [images])
         ids = batch["input_ids"][0].tolist()
         return Encoded(ids, self.suffix_labels(batch)[0].tolist(), self.tokenizer.decode(ids))
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         images = [self.load_images(example) for example in examples]
-        batch = self._process_pairs(self._pairs(examples, images), images, "right")
-        lengths = batch["attention_mask"].sum(dim=1).tolist()
-        for example, length in zip(examples, lengths):
-            if self.max_length is not None and length > self.max_length:
-                with located(example):
-                    raise UserError(f"{length} tokens exceed max_length {self.max_length}; rows must pass "
-                                    "sft.dataset.fit_to_length first")
+        batch = self._training_batch(examples, images)
+        for example, length in zip(examples, batch["attention_mask"].sum(dim=1).tolist()):
+            self.check_length(example, length)
         batch["labels"] = self.suffix_labels(batch)
         return batch
-
-    def generation_inputs(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        images = [self.load_images(example) for example in examples]
-        prompts = []
-        for example, imgs in zip(examples, images):
-            with located(example):
-                prompts.append((self.prefix_and_suffix(self.messages_of(example, imgs))[0], None))  # answer unused
-        return self._process_pairs(prompts, images, "left")
