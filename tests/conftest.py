@@ -17,7 +17,12 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 warnings.filterwarnings("ignore", message="MatMul8bitLt")
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_PROCESSORS = REPO.parent / "shared" / "fixtures" / "real-processors"
+# shared/fixtures: beside the checkout (/work/shared next to /work/main), above a worktree, or inside the copy that
+# the device machine gets. Tests that need it skip when it is absent.
+FIXTURES = next((folder / "shared" / "fixtures" for folder in (REPO, *REPO.parents)
+                 if (folder / "shared" / "fixtures").is_dir()), REPO.parent / "shared" / "fixtures")
+REAL_PROCESSORS = FIXTURES / "real-processors"
+CHAT_TEMPLATES = FIXTURES / "chat-templates"
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from sft.model import NOT_QUANTIZED, load_model, load_processor
 from sft.plan import _is_quantized, lora_targets, make_plan
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
 from sft.train import main as train
-from tests.conftest import REPO, write_image, write_jsonl, write_recipe
+from tests.conftest import REAL_PROCESSORS, REPO, write_image, write_jsonl, write_recipe
 from tests.families.misc import BUILDERS, TEMPLATES, build
 from tests.families.report import assert_learns, train_elements
 from tests.families.round_trip import assert_merge_and_predict_agree
@@ -37,7 +37,7 @@ from tests.test_training import recipe_for
 
 pytestmark = pytest.mark.skipif(TEMPLATES is None, reason="shared/fixtures/chat-templates beside the repo is absent")
 NAMES = list(BUILDERS)
-SMOLVLM = TEMPLATES.parent / "real-processors" / "SmolVLM-256M-Instruct" if TEMPLATES else Path("absent")
+SMOLVLM = REAL_PROCESSORS / "SmolVLM-256M-Instruct"
 # Issue #9's expected supervision: reply prefix + reply + closing. LLaVA-1.5's template writes "ASSISTANT:" as the
 # generation prompt and "ASSISTANT: reply" with nothing after it, so its `</s>` is the EOS the collator inserts.
 CLOSING = {"internvl": "<|im_end|>", "mistral3": "</s>", "llama4": "<|eot|>", "gemma3": "<end_of_turn>",

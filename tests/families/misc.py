@@ -13,11 +13,9 @@ from pathlib import Path
 import torch
 
 from sft.tiny import _widen_lm_head, build_tokenizer
+from tests.conftest import CHAT_TEMPLATES
 
-# shared/ lies beside the repository (/work/shared next to /work/main); a worktree one level deeper finds the same
-# folder further up. None when it is absent (the tests then skip).
-TEMPLATES = next((folder / "shared" / "fixtures" / "chat-templates" for folder in Path(__file__).resolve().parents[2:]
-                  if (folder / "shared" / "fixtures" / "chat-templates").is_dir()), None)
+TEMPLATES = CHAT_TEMPLATES if CHAT_TEMPLATES.is_dir() else None  # None: the tests skip
 TEMPLATE_FILES = {
     "internvl": "transformers_internvl_convert_chat_template.jinja",
     "mistral3": "llamacpp_mistralai-Mistral-Small-3.1-24B-Instruct-2503.jinja",

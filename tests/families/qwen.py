@@ -17,11 +17,9 @@ from tokenizers import AddedToken
 
 import sft  # noqa: F401  (lets torchvision import beside CPU torch before the video processors load)
 from sft.tiny import _widen_lm_head, build_tokenizer
+from tests.conftest import CHAT_TEMPLATES
 
-# shared/ lies beside the repository: /work/shared for /work/main, two levels up for a worktree in /work/wt/<name>.
-TEMPLATES = next((folder / "shared" / "fixtures" / "chat-templates" for folder in Path(__file__).resolve().parents[2:]
-                  if (folder / "shared" / "fixtures" / "chat-templates").is_dir()),
-                 Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "chat-templates")
+TEMPLATES = CHAT_TEMPLATES  # the tests skip when it is absent
 
 # Special (special: true) added tokens of Qwen2-VL-2B-Instruct's tokenizer_config.json, in id order 151643-151656.
 # Qwen2.5-VL, Qwen3-VL and Qwen3.5 keep the same names (Qwen3.5 at ids 248044-248057).
