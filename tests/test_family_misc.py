@@ -19,7 +19,6 @@ from transformers import AutoConfig
 from trl import ModelConfig
 
 from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
-from sft.dataset import measure
 from sft.errors import UserError
 from sft.families import FAMILIES, family_for, family_for_processor
 from sft.generation import exact_match, generate_replies, reference, stop_ids
@@ -29,6 +28,7 @@ from sft.plan import _is_quantized, lora_targets, make_plan
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
 from sft.train import main as train
 from tests.conftest import REAL_PROCESSORS, REPO, write_image, write_jsonl, write_recipe
+from tests.families.checks import LONG_PROMPT, fit_too_long_row, step_gradients
 from tests.families.misc import BUILDERS, TEMPLATES, build
 from tests.families.report import assert_learns, train_elements
 from tests.families.round_trip import assert_merge_and_predict_agree
@@ -132,18 +132,9 @@ def test_family_table_entry_is_what_the_processor_and_template_do(misc_models, n
 @pytest.mark.parametrize("name", NAMES)
 def test_a_row_too_long_is_dropped_or_its_prompt_shortened_never_its_reply(misc_models, tmp_path, name, image):
     processor, model = load(str(misc_models[name]))
-    collator = CompletionOnlyCollator(processor)
-    messages = [{"role": "user", "content": "Formwork is a temporary mould for concrete. " * 30},
-                {"role": "assistant", "content": "water"}]
-    row = example(tmp_path, messages, image)
-    max_length = len(collator.encode(row).input_ids) - 40
-
-    assert measure(row, collator, max_length, "drop")["status"] == "dropped"
-    shortened = measure(row, collator, max_length, "shorten_prompt")
-    assert shortened["status"] == "truncated" and shortened["length"] <= max_length
-    batch = CompletionOnlyCollator(processor, max_length=max_length)([{**row, "messages": shortened["messages"]}])
-    assert batch["input_ids"].shape[1] <= max_length
-    assert supervised_text(collator, batch) == expected(name, messages)
+    messages = [{"role": "user", "content": LONG_PROMPT}, {"role": "assistant", "content": "water"}]
+    batch = fit_too_long_row(processor, example(tmp_path, messages, image))
+    assert supervised_text(CompletionOnlyCollator(processor), batch) == expected(name, messages)
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)
 
@@ -158,13 +149,7 @@ def test_mixed_batch_pads_every_tensor_to_input_ids_and_trains_one_step(misc_mod
     for row, item in enumerate(rows):
         assert supervised_text(collator, batch, row) == expected(name, item["messages"])
         assert (batch["labels"][row][batch["attention_mask"][row] == 0] == IGNORE_INDEX).all()
-    model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
-    assert torch.isfinite(loss)
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
-    model.zero_grad()
+    step_gradients(model, batch)
 
 
 @pytest.mark.parametrize("name", NAMES)

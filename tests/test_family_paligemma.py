@@ -16,7 +16,6 @@ from transformers import AutoConfig
 from trl import ModelConfig
 
 from sft.collator import IGNORE_INDEX, make_collator
-from sft.dataset import measure
 from sft.errors import UserError
 from sft.families import family_for, family_for_processor
 from sft.generation import exact_match, generate, reference
@@ -25,6 +24,7 @@ from sft.plan import _is_quantized, lora_targets, make_plan
 from sft.prefix_suffix import PrefixSuffixCollator
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
 from tests.conftest import write_image, write_recipe
+from tests.families.checks import LONG_PROMPT, fit_too_long_row, step_gradients
 from tests.families.paligemma import build
 from tests.families.report import assert_learns, train_elements
 from tests.test_label_contract import SHAPES, supervised_text
@@ -101,19 +101,11 @@ def test_other_row_shapes_are_refused_in_one_line_saying_why(paligemma, tmp_path
 
 def test_a_row_too_long_is_dropped_or_its_prompt_shortened_never_its_answer(paligemma, tmp_path):
     _, processor, collator, model = paligemma
-    messages = [{"role": "user", "content": "Formwork is a temporary mould for concrete. " * 30},
-                {"role": "assistant", "content": "water"}]
-    example = row(tmp_path, messages)
-    max_length = len(collator.encode(example).input_ids) - 40
-    assert measure(example, collator, max_length, "drop")["status"] == "dropped"
-    shortened = measure(example, collator, max_length, "shorten_prompt")
-    assert shortened["status"] == "truncated" and shortened["length"] <= max_length
-    assert shortened["supervised_tokens"] == len(collator.tokenizer("water")["input_ids"]) + 1  # + <eos>
-    fitted = make_collator(processor, max_length=max_length)
-    batch = fitted([{**example, "messages": shortened["messages"]}])
-    assert batch["input_ids"].shape[1] <= max_length and supervised_text(collator, batch) == "water<eos>"
-    with pytest.raises(UserError, match=r"t.jsonl:1: \d+ tokens exceed max_length"):
-        fitted([example])
+    messages = [{"role": "user", "content": LONG_PROMPT}, {"role": "assistant", "content": "water"}]
+    batch = fit_too_long_row(processor, row(tmp_path, messages))
+    assert supervised_text(collator, batch) == "water<eos>"
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
 
 
 def test_mixed_batch_pads_every_tensor_and_trains_one_step(paligemma, tmp_path):
@@ -125,12 +117,7 @@ def test_mixed_batch_pads_every_tensor_and_trains_one_step(paligemma, tmp_path):
     for index, item in enumerate(rows):
         assert supervised_text(collator, batch, index) == item["messages"][-1]["content"] + "<eos>"
         assert (batch["labels"][index][batch["attention_mask"][index] == 0] == IGNORE_INDEX).all()
-    model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads)
-    model.zero_grad()
+    step_gradients(model, batch)
 
 
 def test_generation_prompts_are_the_prefix_alone_left_padded(paligemma, tmp_path):

@@ -17,7 +17,6 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 
 from sft.cli import main as sft
 from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
-from sft.dataset import measure
 from sft.errors import UserError
 from sft.families import family_for_processor
 from sft.generation import answer_of, exact_match, generate_replies, reference
@@ -26,6 +25,7 @@ from sft.plan import _is_quantized, build_on_meta, lora_targets, make_plan
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
 from sft.train import main as train
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe
+from tests.families.checks import LONG_PROMPT, fit_too_long_row, step_gradients
 from tests.families.qwen import TEMPLATES, VARIANTS, build_qwen, qwen_tokenizer
 from tests.families.report import assert_learns, train_elements
 from tests.families.round_trip import assert_merge_and_predict_agree
@@ -127,23 +127,10 @@ def test_with_a_tokenizer_that_merges_newlines_the_span_and_the_prompt_meet_at_t
 @pytest.mark.parametrize("variant", VARIANT_NAMES)
 def test_a_row_too_long_is_dropped_or_shortened_with_its_reply_intact(qwen_models, tmp_path, variant):
     processor, model = load(str(qwen_models[variant]))
-    collator = CompletionOnlyCollator(processor)
-    messages = [{"role": "user", "content": "Formwork is a temporary mould for concrete. " * 30},
-                {"role": "assistant", "content": "A mould."}]
-    row = example(tmp_path, messages, image=True)
-    max_length = len(collator.encode(row).input_ids) - 40
-
-    assert measure(row, collator, max_length, "drop")["status"] == "dropped"
-    shortened = measure(row, collator, max_length, "shorten_prompt")
-    assert shortened["status"] == "truncated" and shortened["length"] <= max_length
-    batch = CompletionOnlyCollator(processor, max_length=max_length)([{**row, "messages": shortened["messages"]}])
-    assert batch["input_ids"].shape[1] <= max_length
-    assert supervised_text(collator, batch) == expected_supervised(variant, messages)
+    messages = [{"role": "user", "content": LONG_PROMPT}, {"role": "assistant", "content": "A mould."}]
+    batch = fit_too_long_row(processor, example(tmp_path, messages, image=True))
+    assert supervised_text(CompletionOnlyCollator(processor), batch) == expected_supervised(variant, messages)
     assert_every_tensor_matches_input_ids(batch, processor, [1])
-    with pytest.raises(UserError) as refused:  # unshortened, the collator refuses it in one line naming the row
-        CompletionOnlyCollator(processor, max_length=max_length)([row])
-    assert str(refused.value).startswith("qwen.jsonl:1: ") and "exceed max_length" in str(refused.value)
-    assert "\n" not in str(refused.value)
 
 
 # ---- tensors, forward and backward ------------------------------------------------------------------------------
@@ -157,13 +144,8 @@ def test_mixed_batch_tensors_match_and_forward_backward_is_finite(qwen_models, t
     for row, item in enumerate(rows):
         assert supervised_text(collator, batch, row) == expected_supervised(variant, item["messages"])
         assert (batch["labels"][row][batch["attention_mask"][row] == 0] == IGNORE_INDEX).all()
-    model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
-    assert torch.isfinite(loss)
-    vision_grad = sum(p.grad.abs().sum() for n, p in model.named_parameters() if ".visual." in n and p.grad is not None)
+    vision_grad = sum(size for name, size in step_gradients(model, batch).items() if ".visual." in name)
     assert vision_grad > 0  # the image reached the vision tower through pixel_values and image_grid_thw
-    model.zero_grad()
 
 
 def test_special_token_in_data_is_refused_in_one_line(qwen_models, tmp_path):
