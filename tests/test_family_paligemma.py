@@ -1,8 +1,8 @@
 """PaliGemma 2: no chat template; one prompt and one answer through the processor's own prefix/suffix call.
 
 Labels, the prefix's bidirectional attention, truncation, training, generation, LoRA targets and the quantization
-skip list on a tiny random PaliGemma 2 with the real processor class (tests/families/paligemma.py), and the plan from
-the shipped paligemma2-3b-pt-448 config.
+skip list, export / merge / predict on a tiny random PaliGemma 2 with the real processor class
+(tests/families/paligemma.py), and the plan from the shipped paligemma2-3b-pt-448 config.
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ from sft.model import load_model, load_processor
 from sft.plan import _is_quantized, lora_targets, make_plan
 from sft.prefix_suffix import PrefixSuffixCollator
 from sft.recipe import LANGUAGE_MODEL_ATTENTION, load_recipe
+from sft.train import main as train
 from tests.conftest import write_image, write_recipe
 from tests.families.checks import LONG_PROMPT, fit_too_long_row, step_gradients
 from tests.families.paligemma import build
 from tests.families.report import assert_learns, train_elements
+from tests.families.round_trip import assert_merge_and_predict_agree
 from tests.test_label_contract import SHAPES, supervised_text
+from tests.test_training import recipe_for
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +180,15 @@ def test_plan_from_the_shipped_paligemma2_config_quantizes_only_the_language_mod
     language = sum(m.weight.numel() for n, m in model.named_modules()
                    if isinstance(m, torch.nn.Linear) and re.search(r"\.language_model\.", n))
     assert plan.quantized_params == language and plan.fits
+
+
+def test_merged_logits_equal_base_plus_adapter_and_predict_agrees(paligemma, tmp_path_factory, tmp_path):
+    """8-bit LoRA run, merge into the unquantized base (fp32), predict from the run and from the merged folder."""
+    folder, processor, collator, _ = paligemma
+    run_root = tmp_path_factory.mktemp("paligemma_export")
+    train(load_recipe(recipe_for(run_root, folder, True, load_in_8bit=True, learning_rate=5e-3, max_length=128)))
+    run = run_root / "run"
+    assert not (run / "chat_template.jinja").exists()
+    rows = [row(tmp_path, SHAPES["prompt_completion"]), row(tmp_path, SHAPES["instruction"])]
+    batches = [{k: v for k, v in collator([item]).items() if k != "labels"} for item in rows]
+    assert_merge_and_predict_agree(run, folder, batches, tmp_path)
