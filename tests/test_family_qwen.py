@@ -133,6 +133,20 @@ def test_a_row_too_long_is_dropped_or_shortened_with_its_reply_intact(qwen_model
     assert_every_tensor_matches_input_ids(batch, processor, [1])
 
 
+@pytest.mark.parametrize("variant", VARIANT_NAMES)
+def test_images_in_two_turns_are_labelled_exactly(qwen_models, tmp_path, variant):
+    """The first reply's boundaries lie before the second image: located by running the processor on the head."""
+    processor, _ = load(str(qwen_models[variant]))
+    collator = CompletionOnlyCollator(processor)
+    ask = [{"type": "image"}, {"type": "text", "text": "What element?"}]
+    messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": "fire"},
+                {"role": "user", "content": ask}, {"role": "assistant", "content": "water"}]
+    row = example(tmp_path, messages, image=True)
+    batch = collator([{**row, "stored_images": row["stored_images"] * 2}])
+    assert supervised_text(collator, batch) == expected_supervised(variant, messages)
+    assert_every_tensor_matches_input_ids(batch, processor, [2])
+
+
 # ---- tensors, forward and backward ------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANT_NAMES)
 def test_mixed_batch_tensors_match_and_forward_backward_is_finite(qwen_models, tmp_path, variant):

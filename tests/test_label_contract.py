@@ -125,6 +125,21 @@ def test_mixed_batch_of_image_and_text_rows_pads_right_and_supervises_no_padding
         assert torch.isfinite(model(**batch).loss)
 
 
+@pytest.mark.parametrize("family", ["mllama", "idefics3"])
+def test_images_in_two_turns_are_labelled_exactly(tiny_models, tmp_path, family):
+    processing_class, model = load(str(tiny_models[family]))
+    collator = CompletionOnlyCollator(processing_class)
+    ask = [{"type": "image"}, {"type": "text", "text": "What element is shown?"}]
+    messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": "fire"},
+                {"role": "user", "content": ask}, {"role": "assistant", "content": "water"}]
+    example = {**example_for(tmp_path, "prompt_completion", True), "messages": messages}
+    batch = collator([{**example, "stored_images": example["stored_images"] * 2}])
+    assert supervised_text(collator, batch) == expected_supervised(family, messages)
+    assert_tensors_match_input_ids(batch)
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+
+
 def test_bos_is_never_supervised_and_appears_once(tiny_models, tmp_path):
     processing_class, _ = load(str(tiny_models["mllama"]))
     collator = CompletionOnlyCollator(processing_class)
