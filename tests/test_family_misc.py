@@ -32,7 +32,7 @@ from tests.families.checks import LONG_PROMPT, fit_too_long_row, step_gradients
 from tests.families.misc import BUILDERS, TEMPLATES, build
 from tests.families.report import assert_learns, train_elements
 from tests.families.round_trip import assert_merge_and_predict_agree
-from tests.test_label_contract import SHAPES, supervised_text
+from tests.test_label_contract import SHAPES, TWO_IMAGE_TURNS, supervised_text
 from tests.test_training import recipe_for
 
 pytestmark = pytest.mark.skipif(TEMPLATES is None, reason="shared/fixtures/chat-templates beside the repo is absent")
@@ -101,9 +101,7 @@ def test_supervised_tokens_are_the_replies_and_their_end_of_turn(misc_models, tm
 def test_images_in_two_turns_are_labelled_exactly_or_refused_in_one_line(misc_models, tmp_path, name):
     processor, _ = load(str(misc_models[name]))
     collator = CompletionOnlyCollator(processor)
-    ask = [{"type": "image"}, {"type": "text", "text": "What element?"}]
-    messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": "fire"},
-                {"role": "user", "content": ask}, {"role": "assistant", "content": "water"}]
+    messages = TWO_IMAGE_TURNS
     row = {**example(tmp_path, messages, True), "stored_images": example(tmp_path, [], True)["stored_images"] * 2}
     if name == "llava_onevision":  # its processor tiles a lone image (the head before the second) but not two
         with pytest.raises(UserError, match=r"^t.jsonl:1: the processor expands the images before a later one "

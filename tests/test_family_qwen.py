@@ -29,7 +29,7 @@ from tests.families.checks import LONG_PROMPT, fit_too_long_row, step_gradients
 from tests.families.qwen import TEMPLATES, VARIANTS, build_qwen, qwen_tokenizer
 from tests.families.report import assert_learns, train_elements
 from tests.families.round_trip import assert_merge_and_predict_agree
-from tests.test_label_contract import SHAPES, supervised_text
+from tests.test_label_contract import SHAPES, TWO_IMAGE_TURNS, supervised_text
 from tests.test_training import recipe_for
 
 pytestmark = pytest.mark.skipif(not TEMPLATES.is_dir(), reason=f"{TEMPLATES} (real chat templates) is absent")
@@ -138,9 +138,7 @@ def test_images_in_two_turns_are_labelled_exactly(qwen_models, tmp_path, variant
     """The first reply's boundaries lie before the second image: located by running the processor on the head."""
     processor, _ = load(str(qwen_models[variant]))
     collator = CompletionOnlyCollator(processor)
-    ask = [{"type": "image"}, {"type": "text", "text": "What element?"}]
-    messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": "fire"},
-                {"role": "user", "content": ask}, {"role": "assistant", "content": "water"}]
+    messages = TWO_IMAGE_TURNS
     row = example(tmp_path, messages, image=True)
     batch = collator([{**row, "stored_images": row["stored_images"] * 2}])
     assert supervised_text(collator, batch) == expected_supervised(variant, messages)

@@ -30,6 +30,11 @@ SHAPES = {
                    {"role": "user", "content": "What element is shown?"}, {"role": "assistant", "content": "fire"},
                    {"role": "user", "content": "And a beam?"}, {"role": "assistant", "content": "A load carrier."}],
 }
+# An image in each user turn: the first reply's span lies before the second image.
+TWO_IMAGE_TURNS = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What element?"}]},
+                   {"role": "assistant", "content": "fire"},
+                   {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And this one?"}]},
+                   {"role": "assistant", "content": "water"}]
 CASES = [(family, image, shape) for family in ("llama", "mllama", "idefics3") for image in (False, True)
          for shape in SHAPES if not (family == "llama" and image)]
 
@@ -129,12 +134,9 @@ def test_mixed_batch_of_image_and_text_rows_pads_right_and_supervises_no_padding
 def test_images_in_two_turns_are_labelled_exactly(tiny_models, tmp_path, family):
     processing_class, model = load(str(tiny_models[family]))
     collator = CompletionOnlyCollator(processing_class)
-    ask = [{"type": "image"}, {"type": "text", "text": "What element is shown?"}]
-    messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": "fire"},
-                {"role": "user", "content": ask}, {"role": "assistant", "content": "water"}]
-    example = {**example_for(tmp_path, "prompt_completion", True), "messages": messages}
+    example = {**example_for(tmp_path, "prompt_completion", True), "messages": TWO_IMAGE_TURNS}
     batch = collator([{**example, "stored_images": example["stored_images"] * 2}])
-    assert supervised_text(collator, batch) == expected_supervised(family, messages)
+    assert supervised_text(collator, batch) == expected_supervised(family, TWO_IMAGE_TURNS)
     assert_tensors_match_input_ids(batch)
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)
