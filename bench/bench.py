@@ -42,6 +42,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sft.collator import CompletionOnlyCollator  # noqa: E402
+from sft.messages import with_images  # noqa: E402
 from sft.run_outputs import _git_commit, _versions  # noqa: E402
 from sft.tiny import build_tiny  # noqa: E402
 
@@ -109,7 +110,7 @@ def bench_collators(processor, image_paths: list[str] | None, repeats: int) -> d
         return trl([{"prompt": [m[0]], "completion": [m[1]], "images": imgs} for m, imgs in zip(rows, decoded)])
 
     def naive_batch():
-        template_rows = [ours.template_messages(m, len(imgs)) for m, imgs in zip(rows, pils)]
+        template_rows = [ours.template_messages(with_images(m, len(imgs))) for m, imgs in zip(rows, pils)]
         imgs = [[Image.open(p).convert("RGB")] for p in image_paths] if image_paths else [[] for _ in rows]
         return naive_collate(processor, template_rows, imgs, max_length=max(len(ours.encode(r).input_ids)
                                                                             for r in our_rows[:1]) + 2048)
@@ -233,9 +234,11 @@ else:
     from sft.train import prepare_split
     from sft.collator import make_collator
     from sft.model import load_processing_class
+    from sft.dataset import load_rows
     recipe = load_recipe({recipe!r})
     collator = make_collator(load_processing_class(recipe.model), max_length=recipe.training.max_length)
-    prepare_split(recipe, collator, "train", recipe.data.train_file)
+    rows = load_rows(recipe.data.train_file, recipe.data.image_root, recipe.data.column_map)
+    prepare_split(recipe, collator, "train", rows)
 seconds = time.perf_counter() - start
 peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(peak_kib / 1024, seconds)
