@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import jinja2
 import torch
-from transformers import ProcessorMixin
+from transformers import BatchEncoding, ProcessorMixin
 
 from sft.errors import UserError
 from sft.families import family_for_processor
@@ -140,17 +140,21 @@ class CompletionOnlyCollator:
                 continue
             if i == 0:
                 raise UserError("the conversation opens with an assistant turn; it needs a user turn before it")
-            before = self.render(messages[:i])
-            if not full.startswith(before):
-                raise UserError(f"the chat template renders the turns before turn {i + 1} differently once it "
-                                "follows; cannot locate the reply by position")
+            prompt = self.render(messages[:i], add_generation_prompt=True)
+            if full.startswith(prompt):  # the usual case: the reply follows the generation prompt
+                floor = agree = len(prompt)
+            else:  # the generation prompt adds what the turn lacks (an empty thinking block): from the divergence
+                before = self.render(messages[:i])
+                if not full.startswith(before):
+                    raise UserError(f"the chat template renders the turns before turn {i + 1} differently once it "
+                                    "follows; cannot locate the reply by position")
+                agree = next(k for k, (a, b) in enumerate(zip(prompt, full)) if a != b)
+                floor = max(agree, len(before))
             reply = text_of(message).strip()
-            at = full.find(reply, len(before))
+            at = full.find(reply, floor)  # not before the divergence: a reply may repeat a word of the role header
             if at < 0:
                 raise UserError(f"the chat template does not write assistant turn {i + 1} verbatim")
-            prompt = self.render(messages[:i], add_generation_prompt=True)
-            agree = next((k for k, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
-            start = self._token_start(full, min(max(agree, len(before)), at))  # never inside the reply
+            start = min(floor, at)  # never inside the reply
             reply_end = at + len(reply)
             closing = self._closing_token(full[reply_end:])
             if closing is None:
@@ -181,7 +185,7 @@ class CompletionOnlyCollator:
     def _token_start(self, text: str, char: int) -> int:
         """`char`, or, when the tokenizer joins the whitespace before it with what follows into one token (Qwen's
         `\n\n` across `<think>\n` | `\n</think>`), where that token starts: labels can only start at a token
-        boundary. The full row is checked again when its labels are set."""
+        boundary. Asked only where a span start is not one (labels) and for the generation prompt."""
         if char == 0 or not text[char - 1].isspace():
             return char  # no whitespace to move over (a merge there is refused when the labels are set)
         start = char
@@ -201,7 +205,7 @@ class CompletionOnlyCollator:
         if messages[-1]["role"] != "assistant":
             messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": "PLACEHOLDER_REPLY"}]}]
         text, spans = self.supervised_spans(messages)
-        return text[:spans[-1][0]]
+        return text[:self._token_start(text, spans[-1][0])]
 
     def inserts_eos(self, messages: list[dict]) -> bool:
         """Whether this row's template writes no closing token, so that EOS is inserted after each reply."""
@@ -218,15 +222,19 @@ class CompletionOnlyCollator:
                       pad_to_multiple_of=self.pad_to_multiple_of)
         if self.is_processor:
             return self.processing_class(text=texts, images=images, **kwargs)
-        return self.tokenizer(texts, **kwargs)
+        # Padded lists made tensors here: transformers 5.23's BatchEncoding flattens the whole batch in Python to
+        # test it for emptiness before torch.tensor (a quarter of this collator's time on text rows, measured).
+        encoded = self.tokenizer(texts, **{**kwargs, "return_tensors": None})
+        return BatchEncoding({key: torch.tensor(value) for key, value in encoded.items()})
 
     def _tails(self, text: str, chars: list[int], n_images: int) -> list[str]:
         """Text after each boundary that has no image after it (those are counted from the end of the row)."""
         return [text[c:] for c in chars if not self.image_token or text[:c].count(self.image_token) == n_images]
 
     def _token_indices(self, text: str, chars: list[int], ids: list[int], images: list,
-                       tail_ids: list[list[int]] | None = None) -> list[int]:
-        """Index in `ids` (the full row's tokens) of the token that starts at each character of `chars`."""
+                       tail_ids: list[list[int]] | None = None) -> list[int | None]:
+        """Index in `ids` (the full row's tokens) of the token that starts at each character of `chars`; None where
+        no token starts there (the tokenizer merged across it)."""
         if tail_ids is None:
             tails = self._tails(text, chars, len(images))
             tail_ids = self.tokenizer(tails, add_special_tokens=False)["input_ids"] if tails else []
@@ -245,16 +253,21 @@ class CompletionOnlyCollator:
                 raise UserError("the processor expands the images before a later one differently from the whole row "
                                 "(LLaVA-OneVision tiles a lone image, not one of several); cannot mask by position; "
                                 "put the row's images in its first user turn")
-            if not same:
-                raise UserError(f"the tokenizer merges tokens across a turn boundary at "
-                                f"{text[max(0, char - 20):char]!r}; cannot mask by position")
-            indices.append(index)
+            indices.append(index if same else None)
         return indices
 
     def labels_for(self, text: str, spans: list[tuple[int, int]], ids: list[int], images: list,
                    tail_ids: list[list[int]] | None = None) -> list[int]:
         labels = [IGNORE_INDEX] * len(ids)
-        bounds = self._token_indices(text, [c for span in spans for c in span], ids, images, tail_ids)
+        chars = [c for span in spans for c in span]
+        bounds = self._token_indices(text, chars, ids, images, tail_ids)
+        for k, char in enumerate(chars):
+            if bounds[k] is None and k % 2 == 0:  # a span start inside a token: from that token, if whitespace
+                moved = self._token_start(text, char)
+                bounds[k] = self._token_indices(text, [moved], ids, images)[0] if moved != char else None
+            if bounds[k] is None:
+                raise UserError(f"the tokenizer merges tokens across a turn boundary at "
+                                f"{text[max(0, char - 20):char]!r}; cannot mask by position")
         for first, last in zip(bounds[::2], bounds[1::2]):
             labels[first:last] = ids[first:last]  # the reply and its closing token; all else stays -100
         return labels
