@@ -142,6 +142,18 @@ def test_images_in_two_turns_are_labelled_exactly(tiny_models, tmp_path, family)
         assert torch.isfinite(model(**batch).loss)
 
 
+@pytest.mark.parametrize("family", ["llama", "mllama", "idefics3"])
+def test_a_reply_that_repeats_a_word_of_the_role_header_is_found_after_it(tiny_models, tmp_path, family):
+    """`assistant` is in Llama's header and `Assistant` in SmolVLM's: the reply is searched after the generation
+    prompt, so the header is never supervised."""
+    processing_class, _ = load(str(tiny_models[family]))
+    collator = CompletionOnlyCollator(processing_class)
+    reply = "Assistant" if family == "idefics3" else "assistant"
+    messages = [{"role": "user", "content": "Who answers?"}, {"role": "assistant", "content": reply}]
+    batch = collator([{**example_for(tmp_path, "prompt_completion", False), "messages": messages}])
+    assert supervised_text(collator, batch) == expected_supervised(family, messages)
+
+
 def test_bos_is_never_supervised_and_appears_once(tiny_models, tmp_path):
     processing_class, _ = load(str(tiny_models["mllama"]))
     collator = CompletionOnlyCollator(processing_class)
