@@ -142,7 +142,7 @@ class CompletionOnlyCollator:
                 raise UserError("the conversation opens with an assistant turn; it needs a user turn before it")
             prompt = self.render(messages[:i], add_generation_prompt=True)
             if full.startswith(prompt):  # the usual case: the reply follows the generation prompt
-                floor = agree = len(prompt)
+                floor = len(prompt)
             else:  # the generation prompt adds what the turn lacks (an empty thinking block): from the divergence
                 before = self.render(messages[:i])
                 if not full.startswith(before):
