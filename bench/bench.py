@@ -232,11 +232,11 @@ if {what!r} == "check":
 else:
     from sft.recipe import load_recipe
     from sft.train import prepare_split
-    from sft.collator import make_collator
-    from sft.model import load_processing_class
+    from sft.labelling import make_collator
+    from sft.model import load_processor_and_family
     from sft.dataset import load_rows
     recipe = load_recipe({recipe!r})
-    collator = make_collator(load_processing_class(recipe.model), max_length=recipe.training.max_length)
+    collator = make_collator(*load_processor_and_family(recipe.model), max_length=recipe.training.max_length)
     rows = load_rows(recipe.data.train_file, recipe.data.image_root, recipe.data.column_map)
     prepare_split(recipe, collator, "train", rows)
 seconds = time.perf_counter() - start

@@ -235,14 +235,15 @@ def run_trl(model: Path, data: Path, steps: int, out: Path, timer: StepTimer) ->
     from trl import ModelConfig, SFTConfig, SFTTrainer
     from trl.trainer.utils import get_peft_config, get_quantization_config
 
-    from sft.recipe import LANGUAGE_MODEL_ATTENTION
+    # What a hand-written TRL script targets on Llama 3.2 Vision: q/k/v/o outside the vision tower and projector.
+    language_model_attention = r"^(?!.*(vision_model|multi_modal_projector)).*\.(q_proj|k_proj|v_proj|o_proj)$"
 
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": f"{r['instruction']}\n\n{r['input']}"}],
                                   "completion": [{"role": "assistant", "content": r["output"]}]} for r in rows])
     model_args = ModelConfig(model_name_or_path=str(model), dtype="bfloat16", load_in_8bit=True, use_peft=True,
                              lora_r=8, lora_alpha=32, lora_dropout=0.05,
-                             lora_target_modules=LANGUAGE_MODEL_ATTENTION)
+                             lora_target_modules=language_model_attention)
     base = AutoModelForImageTextToText.from_pretrained(
         str(model), dtype=torch.bfloat16, quantization_config=get_quantization_config(model_args),
         device_map={"": 0})

@@ -13,8 +13,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sft.collator import make_collator  # noqa: E402
 from sft.export import load_base, load_with_adapter  # noqa: E402
+from sft.labelling import make_collator  # noqa: E402
 from sft.predict import default_data, load_for_inference  # noqa: E402
 from sft.rows import RowError, iter_rows  # noqa: E402
 
@@ -28,8 +28,8 @@ def main() -> None:
     unmerged, _ = load_with_adapter(args.run)
     merged, _ = load_base(str(args.merged))
     merged.eval()
-    _, processing_class, date_string = load_for_inference(args.merged)
-    collator = make_collator(processing_class, date_string=date_string)
+    _, processing_class, date_string, family = load_for_inference(args.merged)
+    collator = make_collator(processing_class, family, date_string=date_string)
     data, image_root, column_map = default_data(args.run)
     rows = [r for r in iter_rows(data, image_root, column_map) if not isinstance(r, RowError)][: args.rows]
     text_only = [{**r, "stored_images": []} for r in rows]  # the same prompts without their images

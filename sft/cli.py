@@ -39,13 +39,15 @@ def _has_cuda() -> bool:
 
 
 def _recipe_and_collator(args, overrides):
-    from sft.collator import make_collator
-    from sft.model import load_processing_class
+    from sft.labelling import make_collator
+    from sft.model import load_processor_and_family
     from sft.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, overrides)
-    processing_class = load_processing_class(recipe.model, recipe.training.trust_remote_code)
-    collator = make_collator(processing_class, date_string=recipe.data.date_string,
+    processing_class, family = load_processor_and_family(recipe.model, recipe.training.trust_remote_code,
+                                                         recipe.data.family)
+    print(f"family: {family.name}, found by {family.found_by}", file=sys.stderr)
+    collator = make_collator(processing_class, family, date_string=recipe.data.date_string,
                              max_length=recipe.training.max_length)
     return recipe, collator
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from datasets import Dataset, Features, Image, List, Value
 
-from sft.collator import CompletionOnlyCollator, located
+from sft.collator import located
 from sft.errors import UserError
+from sft.labelling import Labeller
 from sft.messages import text_of, with_text
 from sft.rows import RowError, iter_rows
 from sft.sources import DatasetSplit, Source, file_source
@@ -76,7 +77,7 @@ def load_rows(source: Source | str | Path, image_root: str | None = None, column
 
 
 # ---- fitting rows into max_length -------------------------------------------------------------------------------
-def _shorten_prompt(collator: CompletionOnlyCollator, example: dict, excess: int) -> dict | None:
+def _shorten_prompt(collator: Labeller, example: dict, excess: int) -> dict | None:
     """The row with its longest user text cut by about `excess` tokens from its end; None if it cannot shrink."""
     messages = list(example["messages"])
     users = [i for i, m in enumerate(messages) if m["role"] == "user"]
@@ -91,7 +92,7 @@ def _shorten_prompt(collator: CompletionOnlyCollator, example: dict, excess: int
     return {**example, "messages": messages}
 
 
-def measure(example: dict, collator: CompletionOnlyCollator, max_length: int | None, mode: str) -> dict:
+def measure(example: dict, collator: Labeller, max_length: int | None, mode: str) -> dict:
     """Status (`ok`, `truncated`, `dropped`) and token counts of one row; shortened messages when truncated."""
     images = collator.load_images(example)
     with located(example):
@@ -136,7 +137,7 @@ class FitReport:
                 f"{c['dropped']} dropped (too long for max_length)")
 
 
-def fit_to_length(dataset: Dataset, collator: CompletionOnlyCollator, max_length: int | None, mode: str,
+def fit_to_length(dataset: Dataset, collator: Labeller, max_length: int | None, mode: str,
                   name: str, num_proc: int | None = None) -> tuple[Dataset, FitReport]:
     """Measure every row, drop or shorten the ones that do not fit, and report the counts."""
     fingerprint = hashlib.sha256(

@@ -1,15 +1,23 @@
 """What differs per model family, as data: one entry a family, read by the collator, the model loader and the plan.
 
-The label contract (shared/DESIGN.md) is the same for all of them and lives in sft/collator.py; what is here is
-only what cannot be read off the processor or the config: which module names are the vision side (never LoRA'd,
-never quantized), what the chat template writes for an image when that is not `processor.image_token`, how the
-processor must be loaded, whether the family trains without a chat template, and the token that closes an assistant
-turn (where generation stops; the README and the tests check it against the template).
+The label contract (shared/DESIGN.md) is the same for all of them and lives in sft/reply_spans.py and
+sft/token_labels.py; what is here is only what cannot be read off the processor or the config: which module names
+are the vision side (never LoRA'd, never quantized), what the chat template writes for an image when that is not
+`processor.image_token`, how the processor must be loaded, how the family's rows are labelled (`labels`, mapped to
+a class in sft/labelling.py), and the token that closes an assistant turn (where generation stops; the README and
+the tests check it against the template).
+
+The family is found once per command (`find_family`): by the checkpoint's `config.model_type`, else by its
+processor's class, and a recipe's `family:` key overrides both (remote-code or renamed checkpoints).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from sft.errors import UserError
+
+LABELLING = ("chat_template", "prefix_suffix")  # how a family's rows are labelled (sft/labelling.py)
 
 
 @dataclass(frozen=True)
@@ -19,13 +27,14 @@ class Family:
     name: str
     model_types: tuple[str, ...]  # config.model_type values of its checkpoints
     example: str  # a hub id of the family
-    closing: str  # the token that ends a supervised assistant turn; generation stops there too
+    closing: str | None  # the token that ends a supervised assistant turn; generation stops there too
     vision_modules: tuple[str, ...] = ()  # module-name parts of the vision tower and projector
     extra_inputs: tuple[str, ...] = ()  # processor tensors beyond input_ids, attention_mask and pixel_values
     image_marker: str | None = None  # what the template writes per image, when it is not processor.image_token
     processor_kwargs: dict = field(default_factory=dict)  # extra arguments to AutoProcessor.from_pretrained
     reasoning_end: str | None = None  # a non-special token that ends a thinking block; the answer follows it
-    prefix_suffix: bool = False  # no chat template: trains through the processor's prefix/suffix call
+    labels: str = "chat_template"  # or "prefix_suffix": no chat template, the processor's prefix/suffix call
+    found_by: str = "the family table"  # how find_family chose it (printed once in the run log, in the manifest)
 
 
 FAMILIES = (
@@ -80,7 +89,7 @@ FAMILIES = (
     # answer + <eos> causally, token_type_ids telling the model which is which.
     Family("paligemma", ("paligemma",), "google/paligemma2-3b-pt-448", "<eos>",
            vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("token_type_ids",),
-           prefix_suffix=True),
+           labels="prefix_suffix"),
     # LLaVA-1.5: `USER: <image>\n... ASSISTANT: reply` with no token closing the reply; the collator inserts EOS.
     Family("llava", ("llava",), "llava-hf/llava-1.5-7b-hf", "</s>",
            vision_modules=("vision_tower", "multi_modal_projector")),
@@ -91,17 +100,31 @@ FAMILIES = (
            vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("image_sizes", "batch_num_images")),
 )
 
-BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
+
+
+def _by_model_type(families: tuple[Family, ...]) -> dict[str, Family]:
+    """model_type -> family; a model type listed twice (which would silently shadow the other entry) is an error."""
+    table: dict[str, Family] = {}
+    for family in families:
+        if family.labels not in LABELLING:
+            raise ValueError(f"family {family.name}: labels {family.labels!r} is not one of {', '.join(LABELLING)}")
+        for model_type in family.model_types:
+            if model_type in table:
+                raise ValueError(f"model_type {model_type!r} is listed by families {table[model_type].name} and "
+                                 f"{family.name}; each model type belongs to one family")
+            table[model_type] = family
+    return table
+
+
+BY_MODEL_TYPE = _by_model_type(FAMILIES)
+BY_NAME = {family.name: family for family in FAMILIES}
+# The module-name parts an unknown family's vision side is assumed to use (those of the families in the table).
+ASSUMED_VISION_MODULES = tuple(sorted({name for family in FAMILIES for name in family.vision_modules}))
 
 
 def family_for(model_type: str | None) -> Family | None:
     """The family of a checkpoint's `config.model_type` (None for one the table does not know)."""
     return BY_MODEL_TYPE.get(model_type or "")
-
-
-def vision_module_names() -> list[str]:
-    """Every family's vision-side module-name parts (kept out of LoRA and quantization)."""
-    return sorted({name for family in FAMILIES for name in family.vision_modules})
 
 
 def family_for_processor(processor) -> Family | None:
@@ -111,3 +134,31 @@ def family_for_processor(processor) -> Family | None:
     name = type(processor).__name__
     return next((family for family in FAMILIES for model_type in family.model_types
                  if PROCESSOR_MAPPING_NAMES.get(model_type) == name), None)
+
+
+def family_named(name: str) -> Family:
+    """A recipe's `family:` value: a family name or a model type the table lists."""
+    family = BY_NAME.get(name) or BY_MODEL_TYPE.get(name)
+    if family is None:
+        raise UserError(f"family: {name!r} is not in the family table; choose one of {', '.join(BY_NAME)}")
+    return family
+
+
+def find_family(model_type: str | None, processor=None, override: str | None = None) -> Family:
+    """The one family lookup of a command: the recipe's `family:` key, else the checkpoint's model_type, else the
+    processor's class; a checkpoint none of them knows gets the generic contract with assumed fields (said in
+    `found_by`)."""
+    if override:
+        return replace(family_named(override), found_by=f"the recipe's family: {override}")
+    family = family_for(model_type)
+    if family is not None:
+        return replace(family, found_by=f"config.model_type {model_type}")
+    family = family_for_processor(processor) if processor is not None else None
+    if family is not None:
+        return replace(family, found_by=f"its processor class {type(processor).__name__} "
+                                        f"(config.model_type {model_type} is not in the table)")
+    return Family(name=model_type or "unknown", model_types=(), example="", closing=None,
+                  vision_modules=ASSUMED_VISION_MODULES,
+                  found_by=f"not in the table (config.model_type {model_type}); assumed: labels chat_template, "
+                           f"generation stops at EOS only, vision modules {'|'.join(ASSUMED_VISION_MODULES)}, "
+                           "no extra processor tensors; set `family:` in the recipe to use a table entry")

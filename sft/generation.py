@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sft.collator import CompletionOnlyCollator
 from sft.families import Family
+from sft.labelling import Labeller
 from sft.messages import text_of
 from sft.metrics import score
 
@@ -18,10 +18,10 @@ def reference(example: dict) -> str | None:
     return text_of(last) if last["role"] == "assistant" else None
 
 
-def answer_of(generated: str, family: Family | None) -> str:
+def answer_of(generated: str, family: Family) -> str:
     """The answer in a decoded generation: for a family that thinks first (Qwen3.5's `<think>` block), the text after
     the last `reasoning_end`, as its chat template stores a reply; whitespace stripped."""
-    if family is not None and family.reasoning_end:
+    if family.reasoning_end:
         generated = generated.rsplit(family.reasoning_end, 1)[-1]
     return generated.strip()
 
@@ -54,7 +54,7 @@ def readable_prompt(tokenizer, ids: list[int]) -> str:
     return " ".join(text.strip() for text in runs if text.strip())
 
 
-def stop_ids(model, collator: CompletionOnlyCollator) -> list[int]:
+def stop_ids(model, collator: Labeller) -> list[int]:
     """Where greedy generation stops: the model's own EOS ids, the tokenizer's EOS and the token that closes a
     supervised turn (the family table's `closing`), which is what training taught the model to end a reply with;
     a checkpoint whose generation config lacks it (Gemma 4's tokenizer EOS is `<eos>`, its turns end `<turn|>`)
@@ -63,13 +63,13 @@ def stop_ids(model, collator: CompletionOnlyCollator) -> list[int]:
     ids = list(configured) if isinstance(configured, (list, tuple)) else [configured]
     tokenizer = collator.tokenizer
     ids.append(tokenizer.eos_token_id)
-    if collator.family is not None:
+    if collator.family.closing:  # a family not in the table has none: EOS alone
         ids.append(tokenizer.convert_tokens_to_ids(collator.family.closing))
     return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
 
 
 @torch.no_grad()
-def generate(model, collator: CompletionOnlyCollator, examples: list[dict], batch_size: int = 8,
+def generate(model, collator: Labeller, examples: list[dict], batch_size: int = 8,
              max_new_tokens: int = 32) -> list[Generated]:
     """Greedy replies to each row's prompt (every turn before its last reply), images included."""
     was_training = model.training
@@ -91,13 +91,13 @@ def generate(model, collator: CompletionOnlyCollator, examples: list[dict], batc
     return generated
 
 
-def generate_replies(model, collator: CompletionOnlyCollator, examples: list[dict], batch_size: int = 8,
+def generate_replies(model, collator: Labeller, examples: list[dict], batch_size: int = 8,
                      max_new_tokens: int = 32) -> list[str]:
     """Greedy replies only (see `generate`)."""
     return [g.reply for g in generate(model, collator, examples, batch_size, max_new_tokens)]
 
 
-def max_reply_tokens(collator: CompletionOnlyCollator, examples: list[dict], slack: int = 8) -> int:
+def max_reply_tokens(collator: Labeller, examples: list[dict], slack: int = 8) -> int:
     """Enough new tokens for the longest reference plus `slack` (a wrong answer may run a little longer)."""
     lengths = [len(collator.tokenizer(reference(e), add_special_tokens=False)["input_ids"])
                for e in examples if reference(e) is not None]

@@ -7,9 +7,10 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 
-from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
+from sft.collator import IGNORE_INDEX
 from sft.dataset import measure
 from sft.errors import UserError
+from sft.labelling import Labeller
 from sft.recipe import Recipe
 from sft.rows import RowError, iter_rows
 from sft.sources import Source, split_sources
@@ -17,7 +18,7 @@ from sft.sources import Source, split_sources
 GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
 
 
-def inspect_rows(recipe: Recipe, collator: CompletionOnlyCollator, source: Source | str, limit: int | None = None,
+def inspect_rows(recipe: Recipe, collator: Labeller, source: Source | str, limit: int | None = None,
                  with_labels: bool = True) -> Iterator[tuple[dict, dict] | RowError]:
     """Each row of `source` (or a data file) measured (and, `with_labels`, encoded) as training will see it, or its
     error."""
@@ -40,7 +41,7 @@ def inspect_rows(recipe: Recipe, collator: CompletionOnlyCollator, source: Sourc
         yield item, {"fit": fit, "encoded": encoded}
 
 
-def check(recipe: Recipe, collator: CompletionOnlyCollator) -> int:
+def check(recipe: Recipe, collator: Labeller) -> int:
     """Validate every row of every data source; print each problem and a summary. Returns the exit code."""
     failed = False
     for name, source in split_sources(recipe.data):
@@ -62,7 +63,7 @@ def check(recipe: Recipe, collator: CompletionOnlyCollator) -> int:
     return 1 if failed else 0
 
 
-def _coloured(collator: CompletionOnlyCollator, ids: list[int], labels: list[int]) -> str:
+def _coloured(collator: Labeller, ids: list[int], labels: list[int]) -> str:
     pieces = []
     for token, label in zip(ids, labels):
         text = collator.tokenizer.decode([token])
@@ -70,7 +71,7 @@ def _coloured(collator: CompletionOnlyCollator, ids: list[int], labels: list[int
     return "".join(pieces)
 
 
-def preview(recipe: Recipe, collator: CompletionOnlyCollator, limit: int, as_json: bool, split: str = "train",
+def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split: str = "train",
             colour: bool | None = None) -> int:
     """Show which tokens each row supervises: coloured text on a terminal, JSON lines with `as_json`."""
     source = dict(split_sources(recipe.data)).get(split)

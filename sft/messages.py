@@ -51,3 +51,20 @@ def with_text(message: dict, text: str) -> dict:
             part, done = {"type": "text", "text": text}, True
         parts.append(part)
     return {**message, "content": parts if done else parts + [{"type": "text", "text": text}]}
+
+
+def stripped_replies(messages: list[dict]) -> list[dict]:
+    """The messages with each assistant reply's surrounding whitespace removed (its first text part's leading, its
+    last text part's trailing): one rule for every family, whether its template trims replies (Llama 3, Gemma) or
+    writes them as given, and whether the toolkit inserts EOS after them (LLaVA-1.5)."""
+    out = []
+    for message in messages:
+        if message["role"] == "assistant":
+            parts = parts_of(message["content"])
+            texts = [k for k, part in enumerate(parts) if part["type"] == "text"]
+            if texts:
+                parts[texts[0]] = {**parts[texts[0]], "text": parts[texts[0]]["text"].lstrip()}
+                parts[texts[-1]] = {**parts[texts[-1]], "text": parts[texts[-1]]["text"].rstrip()}
+                message = {**message, "content": parts}
+        out.append(message)
+    return out

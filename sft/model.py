@@ -20,12 +20,8 @@ from trl import ModelConfig
 from trl.trainer.utils import get_peft_config
 
 from sft.errors import UserError
-from sft.families import family_for, vision_module_names
-
-# Kept in full precision when the language model is quantized: bitsandbytes' int8 layer fails on the projector's
-# 4-D input on CPU, and quantizing the vision tower and output head costs quality for little memory. Patterns are
-# matched by transformers as a regex from the start of the module name, or as its suffix.
-NOT_QUANTIZED = [f".*{name}" for name in vision_module_names()] + ["lm_head"]
+from sft.families import Family, family_for, find_family
+from sft.targets import lora_targets, not_quantized
 
 
 def is_vision_config(config) -> bool:
@@ -61,19 +57,22 @@ def liger_unavailable(model_type: str | None) -> str | None:
     return None
 
 
-def quantization_config(model_args: ModelConfig, int8_threshold: float = 6.0) -> BitsAndBytesConfig | None:
-    """8-bit or 4-bit weights for the language model (BitsAndBytesConfig; `load_in_8bit=` was removed)."""
+def quantization_config(model_args: ModelConfig, family: Family,
+                        int8_threshold: float = 6.0) -> BitsAndBytesConfig | None:
+    """8-bit or 4-bit weights for the language model (BitsAndBytesConfig; `load_in_8bit=` was removed); the
+    family's vision side and the output head stay unquantized (sft.targets.not_quantized)."""
     if model_args.load_in_8bit and model_args.load_in_4bit:
         raise UserError("load_in_8bit and load_in_4bit are both set; choose one")
+    skip = not_quantized(family)
     if model_args.load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=NOT_QUANTIZED,
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip,
                                   llm_int8_threshold=int8_threshold)
     if model_args.load_in_4bit:
         compute = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else torch.float32
         return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
             bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant, bnb_4bit_compute_dtype=compute,
-            bnb_4bit_quant_storage=model_args.bnb_4bit_quant_storage, llm_int8_skip_modules=NOT_QUANTIZED,
+            bnb_4bit_quant_storage=model_args.bnb_4bit_quant_storage, llm_int8_skip_modules=skip,
         )
     return None
 
@@ -90,10 +89,16 @@ def load_config(model_args: ModelConfig, trust_remote_code: bool = False):
         raise UserError(f"model_name_or_path {name!r}: cannot load its config ({str(exc).splitlines()[0]})") from None
 
 
-def load_processing_class(model_args: ModelConfig, trust_remote_code: bool = False):
-    """The processor of a vision model, the tokenizer of a text model."""
+def load_processor_and_family(model_args: ModelConfig, trust_remote_code: bool = False,
+                              family_name: str | None = None):
+    """The processor of a vision model (the tokenizer of a text model) and the model's family: the one lookup of a
+    command (sft.families.find_family), by the recipe's `family:`, the config's model_type or the processor class."""
     config = load_config(model_args, trust_remote_code)
-    return load_processor(model_args.model_name_or_path, config, trust_remote_code)
+    known = find_family(config.model_type, None, family_name)
+    processing_class = load_processor(model_args.model_name_or_path, config, trust_remote_code, known)
+    if known.model_types or family_name:
+        return processing_class, known
+    return processing_class, find_family(config.model_type, processing_class)
 
 
 # Optional packages that transformers 5.23 asks for when a processor loads, as its error messages name them, and the
@@ -120,12 +125,12 @@ def missing_package(exc: Exception) -> str | None:
     return next((package for package in OPTIONAL_PACKAGES if package in words), exc.name)
 
 
-def load_processor(path: str, config, trust_remote_code: bool = False):
+def load_processor(path: str, config, trust_remote_code: bool = False, family: Family | None = None):
     """AutoProcessor (vision) or AutoTokenizer (text) for `path`, with its family's loading arguments."""
     try:
         if not is_vision_config(config):
             return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        family = family_for(getattr(config, "model_type", None))
+        family = family or family_for(getattr(config, "model_type", None))
         kwargs = family.processor_kwargs if family else {}
         return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     except (ImportError, ValueError) as exc:  # transformers raises these from the processor class it loads
@@ -164,10 +169,11 @@ def prepare_quantized(model, gradient_checkpointing: bool, fp32_upcast: bool):
 
 
 def load_model(model_args: ModelConfig, gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-               fp32_upcast: bool = False, int8_threshold: float = 6.0):
+               fp32_upcast: bool = False, int8_threshold: float = 6.0, family: Family | None = None):
     """The base model, quantized when the recipe asks, ready for LoRA (PEFT is applied by SFTTrainer)."""
     config = load_config(model_args, trust_remote_code)
-    quantization = quantization_config(model_args, int8_threshold)
+    family = family or find_family(config.model_type)
+    quantization = quantization_config(model_args, family, int8_threshold)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code,
                   attn_implementation=model_args.attn_implementation)
@@ -177,18 +183,18 @@ def load_model(model_args: ModelConfig, gradient_checkpointing: bool = False, tr
     model = model_class_for(config).from_pretrained(model_args.model_name_or_path, **kwargs)
     if quantization is not None:
         model = prepare_quantized(model, gradient_checkpointing, fp32_upcast)
-    cast_images_to_vision_dtype(model)
+    cast_images_to_vision_dtype(model, family)
     return model
 
 
-def cast_images_to_vision_dtype(model: torch.nn.Module) -> None:
+def cast_images_to_vision_dtype(model: torch.nn.Module, family: Family) -> None:
     """Floating-point inputs of each vision tower (pixel values) arrive in the tower's own dtype.
 
     transformers 5.23's Llama4ImageProcessor always returns bfloat16 pixel_values (as Meta's reference code does),
     so a vision tower held in float32 (a float32 run, or one kept out of 4-bit and upcast by PEFT's
     prepare_model_for_kbit_training) fails with "expected m1 and m2 to have the same dtype". Most families cast
     inside their model; this does it once for all, before the tower's first layer."""
-    names = set(vision_module_names())
+    names = set(family.vision_modules)
 
     def cast(value, dtype):
         return value.to(dtype) if torch.is_tensor(value) and value.is_floating_point() else value
@@ -208,6 +214,13 @@ def cast_images_to_vision_dtype(model: torch.nn.Module) -> None:
         )
 
 
-def lora_config(model_args: ModelConfig) -> LoraConfig | None:
-    """LoRA from the recipe (TRL's ModelConfig keys); None when `use_peft` is off."""
-    return get_peft_config(model_args)
+def lora_config(model_args: ModelConfig, model: torch.nn.Module, family: Family) -> LoraConfig | None:
+    """LoRA from the recipe (TRL's ModelConfig keys); None when `use_peft` is off. Its target modules are the ones
+    chosen on this loaded model (sft.targets.lora_targets), by full name, so PEFT wraps exactly those."""
+    config = get_peft_config(model_args)
+    if config is not None:
+        config.target_modules = [name for name, _ in lora_targets(model, family, model_args.lora_target_modules)]
+        if not config.target_modules:
+            raise UserError(f"lora_target_modules {model_args.lora_target_modules!r} matches no linear layer of "
+                            f"{model_args.model_name_or_path}")
+    return config

@@ -18,15 +18,16 @@ Memory model (bytes; an estimate, not a measurement — `make bench` and the iss
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from sft.errors import UserError
-from sft.model import NOT_QUANTIZED, model_class_for
+from sft.families import find_family
+from sft.model import model_class_for
 from sft.recipe import Recipe
+from sft.targets import describe_targets, is_quantized, lora_targets
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "model_configs"
 GIB = 1024**3
@@ -59,21 +60,6 @@ def build_on_meta(name: str):
         return model_class_for(config).from_config(config), config
 
 
-def _is_quantized(name: str) -> bool:
-    from transformers.quantizers.quantizers_utils import should_convert_module
-
-    return should_convert_module(name, NOT_QUANTIZED)
-
-
-def lora_targets(model: torch.nn.Module, target_modules) -> list[tuple[str, torch.nn.Linear]]:
-    """The linear layers LoRA wraps, matched as PEFT does (a string is a full regex; a list, name suffixes)."""
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    if isinstance(target_modules, str):
-        return [(n, m) for n, m in linears if re.fullmatch(target_modules, n)]
-    keys = list(target_modules or ())
-    return [(n, m) for n, m in linears if any(n == k or n.endswith(f".{k}") for k in keys)]
-
-
 # A choice counts as fitting only when the estimate leaves this share of gpu_memory_gib free: the estimate is within
 # about 10 % of measured peaks (bench/results), and fragmentation grows over a long run.
 AUTO_MARGIN = 0.10
@@ -86,6 +72,8 @@ LOGIT_TILE = 32768
 class Plan:
     name: str
     architecture: str
+    family: str  # the family table entry and how it was found (sft.families.find_family)
+    lora_modules: list[str]  # the linear layers LoRA wraps, by full name (sft.targets.lora_targets)
     total_params: int
     quantized_params: int
     lora_params: int
@@ -127,6 +115,7 @@ def make_plan(recipe: Recipe) -> Plan:
     """The estimate for the recipe, with its `auto` keys chosen (see `choose`)."""
     args, model_args = recipe.training, recipe.model
     model, config = build_on_meta(model_args.model_name_or_path)
+    family = find_family(config.model_type, None, recipe.data.family)
     text = config.get_text_config()
     bits = 8 if model_args.load_in_8bit else 4 if model_args.load_in_4bit else 16
     dtype_bytes = DTYPE_BYTES.get(recipe.declared_dtype, 2)
@@ -135,11 +124,9 @@ def make_plan(recipe: Recipe) -> Plan:
     quantized = 0
     if bits < 16:
         quantized = sum(m.weight.numel() for n, m in model.named_modules()
-                        if isinstance(m, torch.nn.Linear) and _is_quantized(n))
-    lora = 0
-    if model_args.use_peft:
-        r = model_args.lora_r
-        lora = sum(r * (m.in_features + m.out_features) for _, m in lora_targets(model, model_args.lora_target_modules))
+                        if isinstance(m, torch.nn.Linear) and is_quantized(n, family))
+    targets = lora_targets(model, family, model_args.lora_target_modules) if model_args.use_peft else []
+    lora = sum(model_args.lora_r * (m.in_features + m.out_features) for _, m in targets)
 
     quantized_bytes = quantized * (1 if bits == 8 else 0.5 + 4 / 64)  # 4-bit: fp32 absmax per 64-value block
     # PEFT's prepare_model_for_kbit_training upcasts every non-quantized parameter to fp32; the toolkit skips that
@@ -151,7 +138,8 @@ def make_plan(recipe: Recipe) -> Plan:
     eager = (model_args.attn_implementation or "sdpa") == "eager"
     vocab = model.get_output_embeddings().out_features
     plan = Plan(
-        model_args.model_name_or_path, type(model).__name__, total, quantized, lora,
+        model_args.model_name_or_path, type(model).__name__, f"{family.name} ({family.found_by})",
+        [name for name, _ in targets], total, quantized, lora,
         fixed={f"weights ({bits}-bit linear layers)" if bits < 16 else "weights": weights,
                "LoRA weights + grads + AdamW (fp32)": lora * 16,
                "CUDA context + allocator slack": CUDA_CONTEXT_BYTES + (INT8_ALLOCATOR_SLACK if bits == 8 else 0)},
@@ -234,6 +222,8 @@ def render(plan: Plan) -> str:
     share = plan.lora_params / plan.total_params if plan.total_params else 0.0
     lines = [
         f"model       {plan.name} ({plan.architecture})",
+        f"family      {plan.family}",
+        f"LoRA on     {describe_targets(plan.lora_modules) if plan.lora_modules else 'nothing (use_peft false)'}",
         f"parameters  {plan.total_params:,} total ({plan.total_params / 1e9:.2f} B); "
         f"{plan.quantized_params:,} quantized; LoRA trainable {plan.lora_params:,} ({share:.3%})",
         "",
@@ -252,7 +242,8 @@ def render(plan: Plan) -> str:
 
 
 def as_json(plan: Plan) -> str:
-    return json.dumps({"model": plan.name, "architecture": plan.architecture, "total_params": plan.total_params,
+    return json.dumps({"model": plan.name, "architecture": plan.architecture, "family": plan.family,
+                       "lora_modules": plan.lora_modules, "total_params": plan.total_params,
                        "quantized_params": plan.quantized_params, "lora_params": plan.lora_params,
                        "memory_gib": {k: {"checkpointing": a / GIB, "without": b / GIB}
                                       for k, (a, b) in plan.memory().items()},

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sft.collator import make_collator
 from sft.dataset import raise_on_errors
 from sft.errors import UserError
 from sft.export import load_base, load_with_adapter
+from sft.families import find_family
 from sft.generation import generate_replies, max_reply_tokens, reference
+from sft.labelling import make_collator
 from sft.metrics import default_metrics, score
 from sft.model import load_processor
 from sft.recipe import DataArguments
@@ -18,7 +19,8 @@ from sft.rows import RowError, iter_rows
 
 
 def load_for_inference(path: str | Path):
-    """(model, processing class, date_string) from a run dir or a merged folder."""
+    """(model, processing class, date_string, family) from a run dir or a merged folder; the family is found as the
+    run found it (its recorded `family:` key, else the model type, else the processor class)."""
     path = Path(path)
     if (path / "adapter_config.json").is_file():
         model, info = load_with_adapter(path)
@@ -29,8 +31,12 @@ def load_for_inference(path: str | Path):
         date_string = None
     else:
         raise UserError(f"{path}: neither a run dir (adapter_config.json) nor a model folder (config.json)")
-    processing_class = load_processor(str(path), model.config)
-    return model, processing_class, date_string or DataArguments.date_string
+    named = _manifest(path).get("recipe", {}).get("data", {}).get("family")
+    family = find_family(model.config.model_type, None, named)
+    processing_class = load_processor(str(path), model.config, family=family if family.model_types else None)
+    if not family.model_types and not named:
+        family = find_family(model.config.model_type, processing_class)
+    return model, processing_class, date_string or DataArguments.date_string, family
 
 
 def _manifest(path: str | Path) -> dict:
@@ -75,8 +81,8 @@ def predict(path: str | Path, data: str | Path, out: str | Path | None = None, b
         items = [item for item in items if item["row"] in wanted]
     if not items:
         raise UserError(f"{data}: no rows")
-    model, processing_class, date_string = load_for_inference(path)
-    collator = make_collator(processing_class, date_string=date_string)
+    model, processing_class, date_string, family = load_for_inference(path)
+    collator = make_collator(processing_class, family, date_string=date_string)
     max_new_tokens = max_new_tokens or max(max_reply_tokens(collator, items), 32)
     predictions = generate_replies(model, collator, items, batch_size=batch_size, max_new_tokens=max_new_tokens)
     references = [reference(item) for item in items]

@@ -27,8 +27,8 @@ class PrefixSuffixCollator(CompletionOnlyCollator):
 
     def prefix_and_suffix(self, messages: list[dict]) -> tuple[str, str | None]:
         """The processor's `text` (image markers + prompt) and `suffix` (the answer; None when the row has none)."""
-        self.refuse_special_text(messages)
-        name = self.family.name if self.family else type(self.processing_class).__name__
+        self.replies.refuse_special_text(messages)
+        name = self.family.name
         roles = [m["role"] for m in messages]
         if "system" in roles:
             raise UserError(f"{name} has no chat template and takes no system message; put its text into the prompt")
@@ -41,7 +41,7 @@ class PrefixSuffixCollator(CompletionOnlyCollator):
         if image_count(messages[1:]):
             raise UserError(f"{name} takes its images with the prompt; this row puts one in the answer")
         prompt = self.image_token * image_count(messages) + text_of(messages[0])
-        return prompt, text_of(messages[1]) if len(messages) == 2 else None
+        return prompt, text_of(messages[1]).strip() if len(messages) == 2 else None  # as stripped_replies
 
     def _process(self, texts: list[str], images: list[list] | None, padding_side: str = "right",
                  suffixes: list[str] | None = None):
@@ -70,7 +70,7 @@ class PrefixSuffixCollator(CompletionOnlyCollator):
             suffixes.append(suffix)
         return self._process(prompts, images, suffixes=suffixes)
 
-    # ---- the collator's public interface (see CompletionOnlyCollator) ------------------------------------------
+    # ---- the collator's interface (sft/labelling.py's Labeller) ------------------------------------------------
     def inserts_eos(self, messages: list[dict]) -> bool:
         return False  # the processor itself appends EOS to the answer
 

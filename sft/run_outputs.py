@@ -48,9 +48,10 @@ def _plain(value):
 
 
 def write_manifest(recipe, output_dir: str | Path, fit_reports: list, metrics: dict, base_config=None,
-                   evaluation: dict | None = None) -> Path:
+                   evaluation: dict | None = None, model_setup: dict | None = None) -> Path:
     """`run_manifest.json`: resolved recipe, base model, package versions, git commit, sha256 of each data file,
-    and how the run was evaluated (`evaluation`: metrics, why they were chosen, the held-out split if any)."""
+    how the run was evaluated (`evaluation`: metrics, why they were chosen, the held-out split if any) and what was
+    trained (`model_setup`: the family and how it was found, the LoRA modules, what stayed unquantized)."""
     data_files = {name: getattr(recipe.data, name) for name in ("train_file", "eval_file")}
     manifest = {
         "recipe_file": str(recipe.path) if recipe.path else None,
@@ -62,6 +63,7 @@ def write_manifest(recipe, output_dir: str | Path, fit_reports: list, metrics: d
         "versions": _versions(),
         "git_commit": _git_commit(),
         "data_files": {name: {"path": path, "sha256": sha256_of(path)} for name, path in data_files.items() if path},
+        "model_setup": _plain(model_setup),
         "auto_choices": _plain(recipe.auto_choices),  # what the plan chose for `auto` keys, and why
         "rows": {report.name: dict(report.counts) for report in fit_reports},
         "metrics": _plain(metrics),

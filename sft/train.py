@@ -9,18 +9,19 @@ from pathlib import Path
 import torch
 from transformers import EarlyStoppingCallback, set_seed
 
-from sft.collator import CompletionOnlyCollator, make_collator
 from sft.dataset import FitReport, fit_to_length, load_rows
 from sft.errors import UserError
 from sft.eval_split import split_rows
 from sft.generation import reference
 from sft.guards import DivergenceGuard, SaveOnInterrupt, check_output_dir, last_checkpoint
+from sft.labelling import Labeller, make_collator
 from sft.metrics import bleu_tokenizer, check_metric_for_best_model, default_metrics
-from sft.model import liger_unavailable, load_config, load_model, load_processing_class, lora_config
+from sft.model import liger_unavailable, load_config, load_model, load_processor_and_family, lora_config
 from sft.plan import apply_auto
 from sft.recipe import Recipe
 from sft.run_outputs import losses, plot_loss, write_manifest
 from sft.sources import split_sources
+from sft.targets import describe_targets, not_quantized
 from sft.trainer import GenerationMetricsSFTTrainer
 
 
@@ -28,7 +29,7 @@ def log(message: str) -> None:
     print(f"[sft] {message}", file=sys.stderr, flush=True)
 
 
-def prepare_split(recipe: Recipe, collator: CompletionOnlyCollator, name: str, rows):
+def prepare_split(recipe: Recipe, collator: Labeller, name: str, rows):
     """Rows of one split, measured against max_length; prints the kept/dropped/truncated counts."""
     kept, report = fit_to_length(rows, collator, recipe.training.max_length, recipe.data.truncation, name,
                                  num_proc=recipe.training.dataset_num_proc)
@@ -74,9 +75,10 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     # ---- seed ------------------------------------------------------------------------------------------------
     set_seed(args.seed)
 
-    # ---- processor and collator ------------------------------------------------------------------------------
-    processing_class = load_processing_class(model_args, args.trust_remote_code)
-    collator = make_collator(processing_class, date_string=data.date_string, max_length=args.max_length,
+    # ---- processor, family and collator: the family is found here once and passed on ------------------------
+    processing_class, family = load_processor_and_family(model_args, args.trust_remote_code, data.family)
+    log(f"family: {family.name}, found by {family.found_by}")
+    collator = make_collator(processing_class, family, date_string=data.date_string, max_length=args.max_length,
                              pad_to_multiple_of=args.pad_to_multiple_of)
 
     # ---- output dir: never another run's checkpoints by accident -------------------------------------------
@@ -121,7 +123,14 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
 
     # ---- model -------------------------------------------------------------------------------------------------
     model = load_model(model_args, args.gradient_checkpointing, args.trust_remote_code,
-                       fp32_upcast=data.kbit_fp32_upcast, int8_threshold=data.llm_int8_threshold)
+                       fp32_upcast=data.kbit_fp32_upcast, int8_threshold=data.llm_int8_threshold, family=family)
+    peft_config = lora_config(model_args, model, family)
+    lora_modules = sorted(peft_config.target_modules) if peft_config else []
+    if peft_config:
+        log(f"LoRA on {describe_targets(lora_modules)}")
+    model_setup = {"family": family.name, "found_by": family.found_by, "lora_modules": lora_modules,
+                   "not_quantized": not_quantized(family) if model_args.load_in_8bit or model_args.load_in_4bit
+                   else None}
 
     # ---- trainer -----------------------------------------------------------------------------------------------
     # The collator builds input_ids and labels itself, so TRL must not tokenize the rows again.
@@ -132,7 +141,7 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data.early_stopping_patience))
     trainer = GenerationMetricsSFTTrainer(
         model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows, data_collator=collator,
-        processing_class=processing_class, peft_config=lora_config(model_args), callbacks=callbacks,
+        processing_class=processing_class, peft_config=peft_config, callbacks=callbacks,
         generation_rows=list(eval_rows) if eval_metrics else None, eval_metrics=eval_metrics,
         predictions_dir=predictions_dir,
     )
@@ -167,7 +176,7 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     processing_class.save_pretrained(str(out))
     write_manifest(recipe, out, reports, metrics, base_config=model.config,
                    evaluation={"metrics": eval_metrics, "why": why, "split": eval_split} if eval_rows is not None
-                   else None)
+                   else None, model_setup=model_setup)
     plot_loss(trainer.state.log_history, out / "loss_curve.png")
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                         if k in ("first_loss", "last_loss", "eval_loss", *(f"eval_{m}" for m in eval_metrics))

@@ -1,0 +1,89 @@
+"""Character spans to token labels: the tokenizer level of the label contract.
+
+The row is tokenized once, whole (its processor call makes every tensor match input_ids); a span boundary is placed
+on that token sequence by tokenizing the text after it (no image follows) or running the processor on the text
+before it (an image follows, whose expansion only the processor knows), and checking the pieces line up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sft.errors import UserError
+
+IGNORE_INDEX = -100
+
+
+class TokenLabels:
+    """Places supervised character spans on a row's token ids."""
+
+    def __init__(self, tokenizer, image_token: str | None, process: Callable):
+        self.tokenizer = tokenizer
+        self.image_token = image_token
+        self.process = process  # (texts, images) -> the processor's batch, for the text before an image
+
+    def splits_at(self, text: str, char: int) -> bool:
+        """Whether the tokenizer puts a token boundary at `char` (checked on the text around it)."""
+        low, high = max(0, char - 32), char + 32
+        pieces = [text[low:high], text[low:char], text[char:high]]
+        whole, left, right = self.tokenizer(pieces, add_special_tokens=False)["input_ids"]
+        return left + right == whole
+
+    def token_start(self, text: str, char: int) -> int:
+        """`char`, or, when the tokenizer joins the whitespace before it with what follows into one token (Qwen's
+        `\n\n` across `<think>\n` | `\n</think>`), where that token starts: labels can only start at a token
+        boundary. Asked only where a span start is not one (labels) and for the generation prompt."""
+        if char == 0 or not text[char - 1].isspace():
+            return char  # no whitespace to move over (a merge there is refused when the labels are set)
+        start = char
+        while start > max(0, char - 32) and not self.splits_at(text, start):
+            if not text[start - 1].isspace():
+                return char
+            start -= 1
+        return start
+
+    def tails(self, text: str, chars: list[int], n_images: int) -> list[str]:
+        """Text after each boundary that has no image after it (those are counted from the end of the row)."""
+        return [text[c:] for c in chars if not self.image_token or text[:c].count(self.image_token) == n_images]
+
+    def token_indices(self, text: str, chars: list[int], ids: list[int], images: list,
+                      tail_ids: list[list[int]] | None = None) -> list[int | None]:
+        """Index in `ids` (the full row's tokens) of the token that starts at each character of `chars`; None where
+        no token starts there (the tokenizer merged across it)."""
+        if tail_ids is None:
+            tails = self.tails(text, chars, len(images))
+            tail_ids = self.tokenizer(tails, add_special_tokens=False)["input_ids"] if tails else []
+        tail_ids = iter(tail_ids)
+        indices = []
+        for char in chars:
+            images_before = text[:char].count(self.image_token) if self.image_token else 0
+            if images_before == len(images):
+                tail = next(tail_ids)
+                index, same = len(ids) - len(tail), ids[len(ids) - len(tail):] == tail
+            else:  # an image follows: run the processor on the head, with the images it holds
+                head = self.process([text[:char]], [images[:images_before]] if images_before else None)
+                head_ids = head["input_ids"][0].tolist()
+                index, same = len(head_ids), ids[: len(head_ids)] == head_ids
+            if not same and 0 < images_before < len(images) and self.splits_at(text, char):
+                raise UserError("the processor expands the images before a later one differently from the whole row "
+                                "(LLaVA-OneVision tiles a lone image, not one of several); cannot mask by position; "
+                                "put the row's images in its first user turn")
+            indices.append(index if same else None)
+        return indices
+
+    def labels_for(self, text: str, spans: list[tuple[int, int]], ids: list[int], images: list,
+                   tail_ids: list[list[int]] | None = None) -> list[int]:
+        """`ids` where a supervised span covers the token, IGNORE_INDEX everywhere else."""
+        labels = [IGNORE_INDEX] * len(ids)
+        chars = [c for span in spans for c in span]
+        bounds = self.token_indices(text, chars, ids, images, tail_ids)
+        for k, char in enumerate(chars):
+            if bounds[k] is None and k % 2 == 0:  # a span start inside a token: from that token, if whitespace
+                moved = self.token_start(text, char)
+                bounds[k] = self.token_indices(text, [moved], ids, images)[0] if moved != char else None
+            if bounds[k] is None:
+                raise UserError(f"the tokenizer merges tokens across a turn boundary at "
+                                f"{text[max(0, char - 20):char]!r}; cannot mask by position")
+        for first, last in zip(bounds[::2], bounds[1::2]):
+            labels[first:last] = ids[first:last]  # the reply and its closing token; all else stays -100
+        return labels
