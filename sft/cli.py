@@ -10,7 +10,8 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
+
+from sft.cli_artifacts import cmd_export_adapter, cmd_merge, cmd_predict, no_overrides  # light: imports on use
 
 USAGE_EXAMPLES = """examples:
   sft train recipes/smoke.yaml --learning_rate 1e-3
@@ -46,7 +47,6 @@ def _recipe_and_collator(args, overrides):
     recipe = load_recipe(args.recipe, overrides)
     processing_class, family = load_processor_and_family(recipe.model, recipe.training.trust_remote_code,
                                                          recipe.data.family)
-    print(f"family: {family.name}, found by {family.found_by}", file=sys.stderr)
     collator = make_collator(processing_class, family, date_string=recipe.data.date_string,
                              max_length=recipe.training.max_length)
     return recipe, collator
@@ -74,7 +74,8 @@ def cmd_train(args, overrides) -> int:
 def dry_run(args, overrides, recipe, strategy) -> int:
     """Recipe, accelerate config, plan and every data row checked; no weights are loaded."""
     from sft.inspect_data import check
-    from sft.plan import make_plan, render
+    from sft.plan import make_plan
+    from sft.plan_report import render
 
     launch = f"; accelerate config {args.accelerate_config}: {strategy}" if strategy else ""
     print(f"recipe {args.recipe}: ok{launch}")
@@ -101,7 +102,8 @@ def launch(args, overrides) -> int:
 
 
 def cmd_plan(args, overrides) -> int:
-    from sft.plan import as_json, make_plan, render
+    from sft.plan import make_plan
+    from sft.plan_report import as_json, render
     from sft.recipe import load_recipe
 
     plan = make_plan(load_recipe(args.recipe, overrides))
@@ -125,67 +127,9 @@ def cmd_preview(args, overrides) -> int:
 def cmd_tiny(args, overrides) -> int:
     from sft.tiny import build_tiny
 
-    _no_overrides("tiny", overrides)
+    no_overrides("tiny", overrides)
     print(build_tiny(args.family, args.out, seed=args.seed))
     return 0
-
-
-def _run_dir(run: str | None) -> str:
-    from sft.artifacts import latest_run
-
-    return run or str(latest_run())
-
-
-def cmd_export_adapter(args, overrides) -> int:
-    from sft.export import export_adapter
-
-    _no_overrides("export-adapter", overrides)
-    run = _run_dir(args.run)
-    out = args.out or str(Path("exports") / f"{Path(run).name}-adapter")
-    print(f"exported {run} -> {export_adapter(run, out, force=args.force, state_dict=args.state_dict)}")
-    return 0
-
-
-def cmd_merge(args, overrides) -> int:
-    from sft.export import merge
-
-    _no_overrides("merge", overrides)
-    run = _run_dir(args.run)
-    out = args.out or str(Path("exports") / f"{Path(run).name}-merged-{args.dtype}")
-    print(f"merged {run} into its {args.dtype} base -> {merge(run, out, dtype=args.dtype, force=args.force)}")
-    return 0
-
-
-def cmd_predict(args, overrides) -> int:
-    import json
-
-    from sft.metrics import metric_names
-    from sft.predict import default_data, held_out_rows, predict
-
-    _no_overrides("predict", overrides)
-    model = _run_dir(args.model)
-    data, image_root, column_map = (args.data, args.image_root, None) if args.data else default_data(model)
-    rows = None if args.data else held_out_rows(model)
-    if args.column_map:
-        column_map = json.loads(args.column_map)
-    metrics = metric_names(args.metrics) if args.metrics else None
-    out = args.out or str(Path("predictions") / f"{Path(model).name}.jsonl")
-    result = predict(model, data, out, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                     image_root=args.image_root or image_root, column_map=column_map, rows=rows, metrics=metrics)
-    where = f" of {data}{' (the rows held out for eval)' if rows else ''}, wrote {out}"
-    if not result["scored"]:
-        print(f"predicted {result['rows']} rows (none has a reference){where}")
-    else:
-        scores = ", ".join(f"{name} {value:.4g}" for name, value in result["metrics"].items())
-        print(f"{scores} on {result['scored']} rows ({result['metrics_why']}){where}")
-    return 0
-
-
-def _no_overrides(command: str, overrides: list[str]) -> None:
-    from sft.errors import UserError
-
-    if overrides:
-        raise UserError(f"sft {command}: unexpected arguments {' '.join(overrides)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

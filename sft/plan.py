@@ -17,7 +17,6 @@ Memory model (bytes; an estimate, not a measurement — `make bench` and the iss
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from sft.errors import UserError
 from sft.families import find_family
 from sft.model import model_class_for
 from sft.recipe import Recipe
-from sft.targets import describe_targets, is_quantized, lora_targets
+from sft.targets import is_quantized, lora_targets
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "model_configs"
 GIB = 1024**3
@@ -216,38 +215,3 @@ def apply_auto(recipe: Recipe) -> Plan | None:
         recipe.auto_choices["gradient_accumulation_steps"] = {"value": plan.accumulation,
                                                               "why": "effective_batch_size / micro-batch"}
     return plan
-
-
-def render(plan: Plan) -> str:
-    share = plan.lora_params / plan.total_params if plan.total_params else 0.0
-    lines = [
-        f"model       {plan.name} ({plan.architecture})",
-        f"family      {plan.family}",
-        f"LoRA on     {describe_targets(plan.lora_modules) if plan.lora_modules else 'nothing (use_peft false)'}",
-        f"parameters  {plan.total_params:,} total ({plan.total_params / 1e9:.2f} B); "
-        f"{plan.quantized_params:,} quantized; LoRA trainable {plan.lora_params:,} ({share:.3%})",
-        "",
-        f"{'memory per GPU (GiB)':<44}{'checkpointing':>14}{'without':>10}",
-    ]
-    for component, (with_ckpt, without) in plan.memory().items():
-        lines.append(f"  {component:<42}{with_ckpt / GIB:>14.2f}{without / GIB:>10.2f}")
-    lines.append(f"  {'total':<42}{plan.total(True) / GIB:>14.2f}{plan.total(False) / GIB:>10.2f}")
-    used = plan.total(plan.gradient_checkpointing) / GIB
-    verdict = "fits" if plan.fits else "DOES NOT FIT"
-    lines.append(f"\ntarget GPU {plan.gpu_memory_gib:g} GiB (gpu_memory_gib): {verdict} with gradient_checkpointing "
-                 f"{'on' if plan.gradient_checkpointing else 'off'}, batch {plan.batch} x accumulation "
-                 f"{plan.accumulation} ({used:.1f} GiB estimated)")
-    lines += [f"  {decision}" for decision in plan.decisions]
-    return "\n".join(lines)
-
-
-def as_json(plan: Plan) -> str:
-    return json.dumps({"model": plan.name, "architecture": plan.architecture, "family": plan.family,
-                       "lora_modules": plan.lora_modules, "total_params": plan.total_params,
-                       "quantized_params": plan.quantized_params, "lora_params": plan.lora_params,
-                       "memory_gib": {k: {"checkpointing": a / GIB, "without": b / GIB}
-                                      for k, (a, b) in plan.memory().items()},
-                       "total_gib": plan.total(plan.gradient_checkpointing) / GIB, "fits": plan.fits,
-                       "gradient_checkpointing": plan.gradient_checkpointing,
-                       "per_device_train_batch_size": plan.batch,
-                       "gradient_accumulation_steps": plan.accumulation, "decisions": plan.decisions})

@@ -93,21 +93,24 @@ def _text_config(tok: PreTrainedTokenizerFast, **extra) -> dict:
     return config | extra
 
 
-def _widen_lm_head(model: torch.nn.Module, std: float = 0.25) -> None:
+def finish_tiny_model(model: torch.nn.Module, processor, out: Path) -> None:
+    """The last step of every tiny builder: a widened lm_head, generation padding and stopping at the tokenizer's
+    pad and EOS, then model and processor (or tokenizer) saved to `out`."""
     # With the usual std 0.02 the logits of a 64-wide model stay near-uniform and a rank-8 LoRA cannot fit the
     # answers in tens of steps; 0.2-0.3 trains (measured on the tiny Mllama).
-    torch.nn.init.normal_(model.get_output_embeddings().weight, std=std)
+    torch.nn.init.normal_(model.get_output_embeddings().weight, std=0.25)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
 
 
 def build_llama(out: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = _llama_tokenizer(with_image=False)
-    model = LlamaForCausalLM(LlamaConfig(**_text_config(tok)))
-    _widen_lm_head(model)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    finish_tiny_model(LlamaForCausalLM(LlamaConfig(**_text_config(tok))), tok, out)
 
 
 def build_mllama(out: Path) -> None:
@@ -131,12 +134,9 @@ def build_mllama(out: Path) -> None:
         for name, param in model.named_parameters():
             if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
                 param.fill_(1.0)
-    _widen_lm_head(model)
-    model.generation_config.pad_token_id = tok.pad_token_id
     image_processor = MllamaImageProcessorPil(size={"height": image_size, "width": image_size}, max_image_tiles=4)
     processor = MllamaProcessor(image_processor=image_processor, tokenizer=tok, chat_template=LLAMA_TEMPLATE)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    finish_tiny_model(model, processor, out)
 
 
 def build_idefics3(out: Path) -> None:
@@ -161,8 +161,6 @@ def build_idefics3(out: Path) -> None:
         image_token_id=tok.convert_tokens_to_ids("<image>"),
     )
     model = Idefics3ForConditionalGeneration(config)
-    _widen_lm_head(model)
-    model.generation_config.pad_token_id = tok.pad_token_id
     image_processor = Idefics3ImageProcessorPil(
         size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile}
     )
@@ -170,8 +168,7 @@ def build_idefics3(out: Path) -> None:
     processor = Idefics3Processor(
         image_processor=image_processor, tokenizer=tok, image_seq_len=image_seq_len, chat_template=IDEFICS3_TEMPLATE
     )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    finish_tiny_model(model, processor, out)
 
 
 BUILDERS = {"llama": build_llama, "mllama": build_mllama, "idefics3": build_idefics3}

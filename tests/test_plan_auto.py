@@ -13,7 +13,8 @@ import torch
 
 from sft.errors import UserError
 from sft.model import liger_unavailable, load_model
-from sft.plan import AUTO_MARGIN, GIB, apply_auto, make_plan, render
+from sft.plan import AUTO_MARGIN, GIB, apply_auto, make_plan
+from sft.plan_report import render
 from sft.recipe import load_recipe
 from sft.run_outputs import write_manifest
 from sft.tiny import build_tiny

@@ -16,8 +16,9 @@ from transformers import AutoModelForImageTextToText
 from sft.cli import main as sft
 from sft.errors import UserError
 from sft.launch import check_pair, strategy
+from sft.families import family_for
 from sft.model import lora_config
-from sft.plan import lora_targets, make_plan
+from sft.plan import make_plan
 from sft.recipe import load_recipe
 from tests.conftest import REAL_PROCESSORS, REPO, write_image, write_jsonl, write_recipe
 
@@ -48,18 +49,25 @@ def test_plan_lora_count_equals_what_peft_trains(tiny_models, tmp_path):
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", model_name_or_path=str(tiny_models["mllama"]),
                                       train_file="t.jsonl"))
     model = AutoModelForImageTextToText.from_pretrained(tiny_models["mllama"])
-    peft_model = get_peft_model(model, lora_config(recipe.model))
+    config = lora_config(recipe.model, model, family_for("mllama"))
+    peft_model = get_peft_model(model, config)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    assert make_plan(recipe).lora_params == trainable
-    assert not any("vision" in name for name, _ in lora_targets(model, recipe.model.lora_target_modules))
+    plan = make_plan(recipe)
+    assert plan.lora_params == trainable
+    assert sorted(config.target_modules) == sorted(plan.lora_modules)  # the plan lists what PEFT wraps
+    assert plan.lora_modules and not any("vision" in name or "projector" in name for name in plan.lora_modules)
 
 
 def test_plan_command_prints_the_table(capsys):
     assert sft(["plan", str(LLAMA_11B)]) == 0
     out = capsys.readouterr().out
     assert "10,670,220,835 total" in out and "LoRA trainable 8,519,680" in out and "fits" in out
+    assert "family      mllama (config.model_type mllama)" in out
+    assert "LoRA on     160 layers (k_proj, o_proj, q_proj, v_proj)" in out  # 40 layers x q/k/v/o
     assert sft(["plan", str(LLAMA_11B), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["lora_params"] == 8_519_680
+    planned = json.loads(capsys.readouterr().out)
+    assert planned["lora_params"] == 8_519_680 and len(planned["lora_modules"]) == 160
+    assert "model.language_model.layers.0.self_attn.q_proj" in planned["lora_modules"]
 
 
 @needs_real
