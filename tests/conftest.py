@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sft.tiny import build_tiny
-
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 warnings.filterwarnings("ignore", message="MatMul8bitLt")
 
@@ -26,9 +24,17 @@ CHAT_TEMPLATES = FIXTURES / "chat-templates"
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny")
-    return {family: build_tiny(family, root / family) for family in ("llama", "mllama", "idefics3")}
+def family_models(tmp_path_factory):
+    """Every registry case's tiny model (tests/families/registry.py), built once a session on first use."""
+    from tests.families.registry import Built
+
+    return Built(tmp_path_factory.mktemp("families"))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(family_models) -> dict[str, Path]:
+    """The folders of sft.tiny's three families (text Llama, Llama 3.2 Vision, SmolVLM)."""
+    return {name: family_models.folder(name) for name in ("llama", "mllama", "idefics3")}
 
 
 def write_image(path: Path, colour=(40, 90, 220), size=(30, 40)) -> Path:

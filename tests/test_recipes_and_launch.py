@@ -15,8 +15,8 @@ from transformers import AutoModelForImageTextToText
 
 from sft.cli import main as sft
 from sft.errors import UserError
-from sft.launch import check_pair, strategy
 from sft.families import family_for
+from sft.launch import check_pair, strategy
 from sft.model import lora_config
 from sft.plan import make_plan
 from sft.recipe import load_recipe

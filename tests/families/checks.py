@@ -5,22 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sft.collator import make_collator
 from sft.dataset import measure
 from sft.errors import UserError
+from sft.families import Family
+from sft.labelling import make_collator
 
-LONG_PROMPT = "Formwork is a temporary mould for concrete. " * 30
 
-
-def fit_too_long_row(processor, row: dict):
+def fit_too_long_row(processor, row: dict, family: Family | None = None):
     """The batch of `row` once its prompt is shortened to fit a max_length 40 tokens under its length; on the way,
     the row is dropped by `drop`, and refused in one line naming it when it reaches the collator unshortened."""
-    collator = make_collator(processor)
+    collator = make_collator(processor, family)
     max_length = len(collator.encode(row).input_ids) - 40
     assert measure(row, collator, max_length, "drop")["status"] == "dropped"
     shortened = measure(row, collator, max_length, "shorten_prompt")
     assert shortened["status"] == "truncated" and shortened["length"] <= max_length
-    fitted = make_collator(processor, max_length=max_length)
+    fitted = make_collator(processor, family, max_length=max_length)
     batch = fitted([{**row, "messages": shortened["messages"]}])
     assert batch["input_ids"].shape[1] <= max_length
     with pytest.raises(UserError) as refused:
