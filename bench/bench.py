@@ -110,7 +110,7 @@ def bench_collators(processor, image_paths: list[str] | None, repeats: int) -> d
         return trl([{"prompt": [m[0]], "completion": [m[1]], "images": imgs} for m, imgs in zip(rows, decoded)])
 
     def naive_batch():
-        template_rows = [ours.template_messages(with_images(m, len(imgs))) for m, imgs in zip(rows, pils)]
+        template_rows = [ours.replies.template_messages(with_images(m, len(imgs))) for m, imgs in zip(rows, pils)]
         imgs = [[Image.open(p).convert("RGB")] for p in image_paths] if image_paths else [[] for _ in rows]
         return naive_collate(processor, template_rows, imgs, max_length=max(len(ours.encode(r).input_ids)
                                                                             for r in our_rows[:1]) + 2048)
