@@ -34,8 +34,16 @@ class Family:
     processor_kwargs: dict = field(default_factory=dict)  # extra arguments to AutoProcessor.from_pretrained
     reasoning_end: str | None = None  # a non-special token that ends a thinking block; the answer follows it
     labels: str = "chat_template"  # or "prefix_suffix": no chat template, the processor's prefix/suffix call
+    # How packed rows (sft/packing.py) give the model each example's positions: "positions" (1-D, restarting per
+    # example), "mrope" (Qwen: the text row and the three M-RoPE rows), or None: refused, for `packing_refusal`.
+    packing: str | None = "positions"
+    packing_refusal: str = ""
+    packing_max_tokens: int | None = None  # exact only up to this many tokens in one packed sequence
     found_by: str = "the family table"  # how find_family chose it (printed once in the run log, in the manifest)
 
+
+GEMMA_SLIDING_IMAGES = ("its sliding-window layers look image blocks up at the first example's token indices, so "
+                        "later examples would lose bidirectional image attention")
 
 FAMILIES = (
     Family("llama", ("llama",), "meta-llama/Llama-3.2-1B-Instruct", "<|eot_id|>"),
@@ -44,7 +52,9 @@ FAMILIES = (
            extra_inputs=("cross_attention_mask", "aspect_ratio_ids", "aspect_ratio_mask"),
            # transformers 5.23's torchvision MllamaImageProcessor returns one aspect_ratio_ids row for a batch of
            # an image row and a text row (pixel_values has two); the PIL one returns two.
-           processor_kwargs={"backend": "pil"}),
+           processor_kwargs={"backend": "pil"},
+           packing=None, packing_refusal="its cross-attention mask would let an image stay visible to the next "
+                                         "example in the sequence"),
     # SmolVLM (Idefics3 architecture) and SmolVLM2 (`smolvlm`: the same template with a video branch).
     Family("idefics3", ("idefics3", "smolvlm"), "HuggingFaceTB/SmolVLM-256M-Instruct", "<end_of_utterance>",
            vision_modules=("vision_model", "connector"), extra_inputs=("pixel_attention_mask",)),
@@ -52,17 +62,22 @@ FAMILIES = (
     # writes `<|vision_start|><|image_pad|><|vision_end|>` per image, one `<|image_pad|>` (processor.image_token)
     # that the processor expands to the image's patch count. mm_token_type_ids marks those tokens for M-RoPE.
     Family("qwen2_vl", ("qwen2_vl",), "Qwen/Qwen2-VL-2B-Instruct", "<|im_end|>",
-           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids")),
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
+           packing="mrope"),
     Family("qwen2_5_vl", ("qwen2_5_vl",), "Qwen/Qwen2.5-VL-3B-Instruct", "<|im_end|>",
-           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids")),
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
+           packing="mrope"),
     # Qwen3-VL shares Qwen3VLProcessor with Qwen3.5 (so family_for_processor finds this entry for both) and has
     # -Thinking checkpoints; `</think>` is an ordinary added token, so decoding keeps it and what came before it.
     Family("qwen3_vl", ("qwen3_vl",), "Qwen/Qwen3-VL-2B-Instruct", "<|im_end|>",
-           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>"),
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>",
+           packing="mrope"),
     # Qwen3.5 (thinking on or off by its template): the closing token is the same; with thinking on, the last
     # reply's supervised text starts with the rest of the empty thinking block ("\n</think>\n\n").
     Family("qwen3_5", ("qwen3_5",), "Qwen/Qwen3.5-2B", "<|im_end|>",
-           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>"),
+           vision_modules=("visual",), extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>",
+           packing=None, packing_refusal="its linear-attention (Gated DeltaNet) layers carry their state from one "
+                                         "example into the next"),
     # The template writes <IMG_CONTEXT> per image (processor.image_token), expanded to <img> + tiles + </img>.
     Family("internvl3", ("internvl",), "OpenGVLab/InternVL3-1B-hf", "<|im_end|>",
            vision_modules=("vision_tower", "multi_modal_projector")),
@@ -71,25 +86,30 @@ FAMILIES = (
     Family("mistral3", ("mistral3",), "mistralai/Mistral-Small-3.1-24B-Instruct-2503", "</s>",
            vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("image_sizes",)),
     # The template writes <|image|> per image; Llama4Processor expands it to tiles of <|patch|> and drops its
-    # aspect_ratios (not a model input).
+    # aspect_ratios (not a model input). Its NoPE layers scale attention by the absolute index in the sequence
+    # (attn_temperature_tuning), which stays 1 below floor_scale 8192: packed rows are exact up to there.
     Family("llama4", ("llama4",), "meta-llama/Llama-4-Scout-17B-16E-Instruct", "<|eot|>",
-           vision_modules=("vision_model", "multi_modal_projector")),
+           vision_modules=("vision_model", "multi_modal_projector"), packing_max_tokens=8191),
     # Gemma 3: the processor's image_token is the boi token `<start_of_image>` the template writes, expanded to
     # `\n\n<start_of_image>` + soft tokens + `<end_of_image>\n\n`; token_type_ids mark the image tokens and the
     # model's training forward needs them on every row (text-only rows too).
     Family("gemma3", ("gemma3",), "google/gemma-3-4b-it", "<end_of_turn>",
-           vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("token_type_ids",)),
+           vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("token_type_ids",),
+           packing=None, packing_refusal=GEMMA_SLIDING_IMAGES),
     # Gemma 4: its generation prompt adds an empty thought channel (`<|channel>thought\n<channel|>`) that a turn in
     # the conversation lacks, so the span starts after `<|turn>model\n`; mm_token_type_ids mark the image tokens.
     Family("gemma4", ("gemma4",), "google/gemma-4-E2B-it", "<turn|>",
            vision_modules=("vision_tower", "embed_vision", "audio_tower", "embed_audio"),
-           extra_inputs=("mm_token_type_ids", "image_position_ids")),
+           extra_inputs=("mm_token_type_ids", "image_position_ids"),
+           packing=None, packing_refusal=GEMMA_SLIDING_IMAGES),
     # PaliGemma 2 checkpoints ship no chat template: one prompt and one answer go through the processor's own
     # prefix/suffix call (sft/prefix_suffix.py): image tokens + <bos> + prompt + "\n" attended bidirectionally,
     # answer + <eos> causally, token_type_ids telling the model which is which.
     Family("paligemma", ("paligemma",), "google/paligemma2-3b-pt-448", "<eos>",
            vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("token_type_ids",),
-           labels="prefix_suffix"),
+           labels="prefix_suffix",
+           packing=None, packing_refusal="every example's prefix would get the same block id, so prefixes would "
+                                         "attend across examples"),
     # LLaVA-1.5: `USER: <image>\n... ASSISTANT: reply` with no token closing the reply; the collator inserts EOS.
     Family("llava", ("llava",), "llava-hf/llava-1.5-7b-hf", "</s>",
            vision_modules=("vision_tower", "multi_modal_projector")),
@@ -99,7 +119,6 @@ FAMILIES = (
     Family("llava_onevision", ("llava_onevision",), "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "<|im_end|>",
            vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("image_sizes", "batch_num_images")),
 )
-
 
 
 def _by_model_type(families: tuple[Family, ...]) -> dict[str, Family]:
@@ -158,7 +177,8 @@ def find_family(model_type: str | None, processor=None, override: str | None = N
         return replace(family, found_by=f"its processor class {type(processor).__name__} "
                                         f"(config.model_type {model_type} is not in the table)")
     return Family(name=model_type or "unknown", model_types=(), example="", closing=None,
-                  vision_modules=ASSUMED_VISION_MODULES,
+                  vision_modules=ASSUMED_VISION_MODULES, packing=None,
+                  packing_refusal="it is not in the family table, so packed rows are not known to be exact",
                   found_by=f"not in the table (config.model_type {model_type}); assumed: labels chat_template, "
                            f"generation stops at EOS only, vision modules {'|'.join(ASSUMED_VISION_MODULES)}, "
                            "no extra processor tensors; set `family:` in the recipe to use a table entry")

@@ -17,6 +17,7 @@ from sft.guards import DivergenceGuard, SaveOnInterrupt, check_output_dir, last_
 from sft.labelling import Labeller, make_collator
 from sft.metrics import bleu_tokenizer, check_metric_for_best_model, default_metrics
 from sft.model import liger_unavailable, load_config, load_model, load_processor_and_family, lora_config
+from sft.packing import PackedBatches, pack_rows, pack_summary, packing_mode, refuse_unpackable
 from sft.plan import apply_auto
 from sft.recipe import Recipe
 from sft.run_outputs import losses, plot_loss, write_manifest
@@ -78,6 +79,7 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     # ---- processor, family and collator: the family is found here once and passed on ------------------------
     processing_class, family = load_processor_and_family(model_args, args.trust_remote_code, data.family)
     log(f"family: {family.name}, found by {family.found_by}")
+    refuse_unpackable(family, args)  # packing / padding_free: refused here, before any weights load, if not exact
     collator = make_collator(processing_class, family, date_string=data.date_string, max_length=args.max_length,
                              pad_to_multiple_of=args.pad_to_multiple_of)
 
@@ -101,6 +103,12 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
             f"{where} held out (eval_split_size {data.eval_split_size:g}, seed {data.eval_split_seed})")
     train_rows, train_report = prepare_split(recipe, collator, "train", train_rows)
     check_fit(train_report, len(train_rows), data.max_dropped_fraction)
+    train_set, batches, packed = train_rows, collator, packing_mode(args)
+    if packed:  # packs of rows laid end to end (sft/packing.py); evaluation and generation stay unpacked
+        train_set, batches = pack_rows(train_rows, args.max_length, packed), PackedBatches(collator, train_rows, family)
+        packed = f"{packed}: {pack_summary(train_set, args.per_device_train_batch_size)}"
+        log(packed)
+        args.packing = args.padding_free = False  # done here: TRL's own refuses a custom collator
     reports = [train_report]
     if eval_rows is not None:
         eval_rows, eval_report = prepare_split(recipe, collator, "eval", eval_rows)
@@ -128,7 +136,9 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     lora_modules = sorted(peft_config.target_modules) if peft_config else []
     if peft_config:
         log(f"LoRA on {describe_targets(lora_modules)}")
-    model_setup = {"family": family.name, "found_by": family.found_by, "lora_modules": lora_modules,
+    if family.packing == "mrope" and isinstance(batches, PackedBatches):
+        batches.rope_index = model.model.get_rope_index  # Qwen's M-RoPE positions of each packed example
+    model_setup = {"family": family.name, "found_by": family.found_by, "packing": packed, "lora_modules": lora_modules,
                    "not_quantized": not_quantized(family) if model_args.load_in_8bit or model_args.load_in_4bit
                    else None}
 
@@ -140,7 +150,7 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     if eval_rows is not None and data.early_stopping_patience > 0 and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data.early_stopping_patience))
     trainer = GenerationMetricsSFTTrainer(
-        model=model, args=args, train_dataset=train_rows, eval_dataset=eval_rows, data_collator=collator,
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_rows, data_collator=batches,
         processing_class=processing_class, peft_config=peft_config, callbacks=callbacks,
         generation_rows=list(eval_rows) if eval_metrics else None, eval_metrics=eval_metrics,
         predictions_dir=predictions_dir,
