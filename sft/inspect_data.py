@@ -7,10 +7,13 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 
+from datasets import Dataset
+
 from sft.collator import IGNORE_INDEX
 from sft.dataset import measure
 from sft.errors import UserError
 from sft.labelling import Labeller
+from sft.packing import pack_rows, packing_mode
 from sft.recipe import Recipe
 from sft.rows import RowError, iter_rows
 from sft.sources import Source, split_sources
@@ -78,7 +81,7 @@ def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split
     if source is None:
         raise UserError(f"the recipe has no {split} data (eval_file or dataset_test_split)")
     colour = sys.stdout.isatty() if colour is None else colour
-    bad, told_eos = 0, False
+    bad, told_eos, kept = 0, False, []
     for result in inspect_rows(recipe, collator, source, limit):
         if isinstance(result, RowError):
             print(result, file=sys.stderr)
@@ -95,6 +98,8 @@ def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split
         record = {"row": row["row"], "status": fit["status"], "prompt_tokens": encoded.prompt_tokens,
                   "supervised_tokens": encoded.supervised_tokens,
                   "supervised_text": collator.tokenizer.decode(supervised_ids, skip_special_tokens=False)}
+        if fit["status"] != "dropped":
+            kept.append({**record, "tokens": len(encoded.input_ids)})
         if as_json:
             print(json.dumps(record, ensure_ascii=False))
         else:
@@ -104,4 +109,25 @@ def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split
                 print(_coloured(collator, encoded.input_ids, encoded.labels))
             else:
                 print(f"supervised: {record['supervised_text']!r}")
+    if packing_mode(recipe.training) and kept:
+        preview_packs(recipe, kept, as_json)
     return 1 if bad else 0
+
+
+def preview_packs(recipe: Recipe, records: list[dict], as_json: bool) -> None:
+    """How the shown rows would be packed (sft/packing.py): which rows share a sequence, their tokens, and each
+    one's supervised text (spans stay per example)."""
+    mode = packing_mode(recipe.training)
+    packs = pack_rows(Dataset.from_dict({"length": [r["tokens"] for r in records]}), recipe.training.max_length, mode)
+    if not as_json:
+        print(f"--- {mode}: the {len(records)} rows shown in {len(packs)} sequences (max_length "
+              f"{recipe.training.max_length})")
+    for number, (members, length) in enumerate(zip(packs["pack"], packs["length"]), start=1):
+        packed = [records[i] for i in members]
+        entry = {"pack": number, "rows": [r["row"] for r in packed], "tokens": [r["tokens"] for r in packed],
+                 "supervised_text": [r["supervised_text"] for r in packed]}
+        if as_json:
+            print(json.dumps(entry, ensure_ascii=False))
+        else:
+            print(f"pack {number}: rows {', '.join(map(str, entry['rows']))} ({' + '.join(map(str, entry['tokens']))}"
+                  f" = {length} tokens); supervised: {' | '.join(repr(t) for t in entry['supervised_text'])}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from trl.data_utils import pack_dataset
 
 from sft.errors import UserError
@@ -63,7 +63,13 @@ def pack_rows(rows: Dataset, max_length: int, mode: str) -> Dataset:
     # TRL's pack_dataset bins list columns by their length: a list of a row's index, as long as the row, comes out
     # of a bin as the indices of its rows in order.
     spans = Dataset.from_dict({"members": [[i] * n for i, n in enumerate(lengths)]})
-    packed = pack_dataset(spans, max_length, "bfd")
+    shown = not are_progress_bars_disabled()
+    disable_progress_bars()  # binning takes milliseconds; its progress bar would only add a line to the log
+    try:
+        packed = pack_dataset(spans, max_length, "bfd")
+    finally:
+        if shown:
+            enable_progress_bars()
     packs = [list(dict.fromkeys(members)) for members in packed["members"]]
     return Dataset.from_dict({"pack": packs, "length": [sum(n) for n in packed["seq_lengths"]]})
 

@@ -4,10 +4,13 @@ weights load. Then `--packing true` and `--padding_free true` train end to end."
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from datasets import Dataset
 
+from sft.cli import main as sft
 from sft.errors import UserError
 from sft.labelling import make_collator
 from sft.packing import PackedBatches, pack_rows, refuse_unpackable
@@ -15,6 +18,7 @@ from sft.recipe import load_recipe
 from tests.conftest import write_image, write_recipe
 from tests.families.registry import CASES, cases
 from tests.families.rows import SHAPES
+from tests.test_training import recipe_for
 
 
 def test_bfd_packs_hold_every_row_once_and_never_exceed_max_length():
@@ -99,3 +103,16 @@ def test_families_that_cannot_pack_exactly_are_refused_in_one_line(tmp_path, cas
                                       **{key: True}))
     with pytest.raises(UserError, match=rf"^{key}: not exact for family {case.family.name}: .+; train without it$"):
         refuse_unpackable(case.family, recipe.training)
+
+
+def test_preview_shows_which_rows_share_a_sequence_and_each_ones_supervised_text(tiny_models, tmp_path, capsys):
+    recipe = recipe_for(tmp_path, tiny_models["idefics3"], with_images=True, max_length=128)
+    assert sft(["preview", str(recipe), "--json", "--limit", "4", "--packing", "true"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rows = {line["row"]: line for line in lines if "row" in line}
+    packs = [line for line in lines if "pack" in line]
+    assert sorted(r for pack in packs for r in pack["rows"]) == sorted(rows) == [1, 2, 3, 4]
+    assert len(packs) == 2  # 4 rows of about 60 tokens, two to a 128-token sequence
+    for pack in packs:
+        assert sum(pack["tokens"]) <= 128
+        assert pack["supervised_text"] == [rows[r]["supervised_text"] for r in pack["rows"]]
