@@ -39,6 +39,7 @@ class Family:
     packing: str | None = "positions"
     packing_refusal: str = ""
     packing_max_tokens: int | None = None  # exact only up to this many tokens in one packed sequence
+    packing_images: bool = True  # False: only text rows pack exactly (image rows refused for `packing_refusal`)
     found_by: str = "the family table"  # how find_family chose it (printed once in the run log, in the manifest)
 
 
@@ -53,8 +54,9 @@ FAMILIES = (
            # transformers 5.23's torchvision MllamaImageProcessor returns one aspect_ratio_ids row for a batch of
            # an image row and a text row (pixel_values has two); the PIL one returns two.
            processor_kwargs={"backend": "pil"},
-           packing=None, packing_refusal="its cross-attention mask would let an image stay visible to the next "
-                                         "example in the sequence"),
+           # Text rows skip the cross-attention layers, so they pack as a Llama's do.
+           packing_images=False, packing_refusal="its cross-attention mask would let an image stay visible to the "
+                                                 "next example in the sequence"),
     # SmolVLM (Idefics3 architecture) and SmolVLM2 (`smolvlm`: the same template with a video branch).
     Family("idefics3", ("idefics3", "smolvlm"), "HuggingFaceTB/SmolVLM-256M-Instruct", "<end_of_utterance>",
            vision_modules=("vision_model", "connector"), extra_inputs=("pixel_attention_mask",)),

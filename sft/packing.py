@@ -37,14 +37,17 @@ def packing_mode(args) -> str | None:
     return "packing" if args.packing else "padding_free" if args.padding_free else None
 
 
-def refuse_unpackable(family: Family, args) -> None:
-    """One line before weights load when the family cannot train packed rows exactly, or the strategy is not one
-    that keeps rows whole."""
+def refuse_unpackable(family: Family, args, image_rows: int = 0) -> None:
+    """One line before weights load when the family cannot train packed rows exactly (or not with `image_rows`
+    rows holding images), or the strategy is not one that keeps rows whole."""
     mode = packing_mode(args)
     if mode is None:
         return
     if family.packing is None:
         raise UserError(f"{mode}: not exact for family {family.name}: {family.packing_refusal}; train without it")
+    if image_rows and not family.packing_images:
+        raise UserError(f"{mode}: not exact for family {family.name} on rows with images ({image_rows} here): "
+                        f"{family.packing_refusal}; train without it (text rows alone pack exactly)")
     if args.packing and args.packing_strategy != "bfd":
         raise UserError(f"packing_strategy {args.packing_strategy!r}: only 'bfd' keeps every row whole (a "
                         "completion or an image is never cut); set packing_strategy: bfd")

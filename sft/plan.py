@@ -25,6 +25,7 @@ import torch
 from sft.errors import UserError
 from sft.families import find_family
 from sft.model import model_class_for
+from sft.packing import packing_mode, refuse_unpackable
 from sft.recipe import Recipe
 from sft.targets import is_quantized, lora_targets
 
@@ -86,17 +87,24 @@ class Plan:
     accumulation: int
     gpu_memory_gib: float
     gradient_checkpointing: bool
+    eager_heads: int = 0  # attention heads whose scores eager attention keeps (0: sdpa or flash attention)
+    packed: str | None = None  # packing / padding_free: a micro-batch is one sequence of batch x max_length tokens
+    mask_bytes: int = 0  # bytes a query-key pair of a packed sequence's block mask takes (0: flash attention)
     decisions: list[str] = field(default_factory=list)  # what the plan chose for `auto` keys, and why
 
     def memory(self, batch: int | None = None) -> dict[str, tuple[float, float]]:
         """Component -> (bytes with checkpointing, bytes without) for a micro-batch of `batch` rows."""
         batch = self.batch if batch is None else batch
-        tokens = batch * self.max_length
-        one_layer = tokens * self.layer_token_bytes
+        tokens = batch * self.max_length  # packed: as many at most, in one sequence
+        sequence = tokens if self.packed else self.max_length
+        one_layer = tokens * (self.layer_token_bytes + 5 * self.eager_heads * sequence)
         memory = {name: (size, size) for name, size in self.fixed.items()}
-        memory[f"activations (batch {batch} x {self.max_length})"] = (
+        shape = f"1 x {tokens}, {self.packed}" if self.packed else f"batch {batch} x {self.max_length}"
+        memory[f"activations ({shape})"] = (
             self.layers * tokens * self.checkpoint_token_bytes + one_layer, self.layers * one_layer)
         memory["logits tiles and loss"] = (tokens * self.logit_token_bytes,) * 2
+        if self.packed and self.mask_bytes:  # sdpa/eager get the block-diagonal mask as a dense (L x L) tensor
+            memory["block mask of the packed sequence"] = (self.mask_bytes * tokens**2,) * 2
         return memory
 
     def total(self, checkpointing: bool, batch: int | None = None) -> float:
@@ -115,6 +123,7 @@ def make_plan(recipe: Recipe) -> Plan:
     args, model_args = recipe.training, recipe.model
     model, config = build_on_meta(model_args.model_name_or_path)
     family = find_family(config.model_type, None, recipe.data.family)
+    refuse_unpackable(family, args)
     text = config.get_text_config()
     bits = 8 if model_args.load_in_8bit else 4 if model_args.load_in_4bit else 16
     dtype_bytes = DTYPE_BYTES.get(recipe.declared_dtype, 2)
@@ -134,7 +143,7 @@ def make_plan(recipe: Recipe) -> Plan:
     weights = quantized_bytes + (total - quantized) * kept_bytes
     hidden, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
     max_length = args.max_length or 1024
-    eager = (model_args.attn_implementation or "sdpa") == "eager"
+    attention = model_args.attn_implementation or "sdpa"
     vocab = model.get_output_embeddings().out_features
     plan = Plan(
         model_args.model_name_or_path, type(model).__name__, f"{family.name} ({family.found_by})",
@@ -143,13 +152,13 @@ def make_plan(recipe: Recipe) -> Plan:
                "LoRA weights + grads + AdamW (fp32)": lora * 16,
                "CUDA context + allocator slack": CUDA_CONTEXT_BYTES + (INT8_ALLOCATOR_SLACK if bits == 8 else 0)},
         layers=layers,
-        layer_token_bytes=(34 + (INT8_TOKEN_LAYER_HIDDEN_BYTES if bits == 8 else 0)) * hidden
-        + (5 * heads * max_length if eager else 0),
+        layer_token_bytes=(34 + (INT8_TOKEN_LAYER_HIDDEN_BYTES if bits == 8 else 0)) * hidden,
         checkpoint_token_bytes=2 * hidden + (INT8_TOKEN_LAYER_HIDDEN_BYTES * hidden if bits == 8 else 0),
         logit_token_bytes=min(vocab, LOGIT_TILE) * 6,  # one tile's 16-bit logits and their fp32 softmax
         max_length=max_length, batch=args.per_device_train_batch_size,
         accumulation=args.gradient_accumulation_steps, gpu_memory_gib=recipe.data.gpu_memory_gib,
-        gradient_checkpointing=bool(args.gradient_checkpointing))
+        gradient_checkpointing=bool(args.gradient_checkpointing), eager_heads=heads if attention == "eager" else 0,
+        packed=packing_mode(args), mask_bytes=0 if attention.startswith("flash") else dtype_bytes)
     choose(plan, recipe)
     return plan
 

@@ -38,9 +38,11 @@ TOLERANCE = 1e-5  # fp32 on CPU
 
 
 def rows(case, tmp_path, fire=(230, 60, 30)) -> list[dict]:
-    """An image row, a text multi-turn row and a second image row (three text rows for a text model)."""
-    water = [str(write_image(tmp_path / "water.png", (40, 90, 220), size=(36, 50)))] if case.vision else []
-    fire = [str(write_image(tmp_path / f"fire{fire}.png", fire, size=(36, 50)))] if case.vision else []
+    """An image row, a text multi-turn row and a second image row (three text rows for a text model, or a family
+    whose image rows do not pack)."""
+    images = case.vision and case.family.packing_images
+    water = [str(write_image(tmp_path / "water.png", (40, 90, 220), size=(36, 50)))] if images else []
+    fire = [str(write_image(tmp_path / f"fire{fire}.png", fire, size=(36, 50)))] if images else []
     return [{"where": "t.jsonl:1", "row": 1, "messages": SHAPES["prompt_completion"], "stored_images": water},
             {"where": "t.jsonl:2", "row": 2, "messages": SHAPES["multi_turn"], "stored_images": []},
             {"where": "t.jsonl:3", "row": 3, "messages": SHAPES["instruction"], "stored_images": fire}]
@@ -82,7 +84,7 @@ def test_packed_rows_give_the_logits_loss_and_gradients_of_the_same_rows_unpacke
     assert (packed["labels"][0, starts] == -100).all()
 
 
-@pytest.mark.parametrize("case", cases([case for case in PACKED if case.vision]))
+@pytest.mark.parametrize("case", cases([case for case in PACKED if case.vision and case.family.packing_images]))
 def test_changing_one_examples_image_changes_no_other_examples_logits(family_models, tmp_path, case):
     processor, model = family_models.load(case)
     batches = packer(case, processor, model)
@@ -103,6 +105,16 @@ def test_families_that_cannot_pack_exactly_are_refused_in_one_line(tmp_path, cas
                                       **{key: True}))
     with pytest.raises(UserError, match=rf"^{key}: not exact for family {case.family.name}: .+; train without it$"):
         refuse_unpackable(case.family, recipe.training)
+
+
+@pytest.mark.parametrize("case", cases([case for case in PACKED if not case.family.packing_images]))
+def test_families_whose_image_rows_cannot_pack_exactly_refuse_them_in_one_line(tmp_path, case):
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", model_name_or_path="m", train_file="t.jsonl",
+                                      packing=True))
+    refuse_unpackable(case.family, recipe.training, image_rows=0)  # text rows pack
+    with pytest.raises(UserError, match=rf"^packing: not exact for family {case.family.name} on rows with images "
+                                        r"\(3 here\): .+; train without it \(text rows alone pack exactly\)$"):
+        refuse_unpackable(case.family, recipe.training, image_rows=3)
 
 
 def test_preview_shows_which_rows_share_a_sequence_and_each_ones_supervised_text(tiny_models, tmp_path, capsys):
