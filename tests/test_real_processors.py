@@ -21,13 +21,15 @@ from sft.collator import CompletionOnlyCollator
 from sft.dataset import measure
 from sft.errors import UserError
 from tests.conftest import REAL_PROCESSORS, write_image
-from tests.test_label_contract import SHAPES, assert_tensors_match_input_ids, supervised_text
+from tests.families.checks import assert_tensors_match_input_ids
+from tests.families.registry import BY_NAME
+from tests.families.rows import SHAPES, supervised_text
 
 pytestmark = pytest.mark.skipif(not REAL_PROCESSORS.is_dir(), reason=f"{REAL_PROCESSORS} is absent")
 LLAMA = REAL_PROCESSORS / "Llama-3.2-11B-Vision-Instruct"
 SMOLVLM = REAL_PROCESSORS / "SmolVLM-256M-Instruct"
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
-EXPECTED = {"llama": lambda reply: reply + "<|eot_id|>", "smolvlm": lambda reply: " " + reply + "<end_of_utterance>"}
+CASE = {"llama": BY_NAME["mllama"], "smolvlm": BY_NAME["idefics3"]}  # the tiny cases of the same templates
 
 
 @functools.cache
@@ -68,9 +70,8 @@ def test_real_processor_supervises_replies_and_end_of_turn_only(tmp_path, name, 
         messages = [m for m in messages if m["role"] != "system"]
     example = {"where": "t.jsonl:1", "messages": messages, "stored_images": paths}
     batch = collator([example])
-    replies = [m["content"] for m in messages if m["role"] == "assistant"]
-    assert supervised_text(collator, batch) == "".join(EXPECTED[name](r) for r in replies)
-    assert_tensors_match_input_ids(batch)
+    assert supervised_text(collator, batch) == CASE[name].expected(messages)
+    assert_tensors_match_input_ids(batch, processor, CASE[name].family, [int(image)])
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)
 
@@ -86,7 +87,7 @@ def test_real_processor_row_too_long_gets_its_prompt_shortened_not_its_reply(tmp
     fit = measure(example, collator, max_length, "shorten_prompt")
     assert fit["status"] == "truncated" and fit["length"] <= max_length
     batch = collator([{**example, "messages": fit["messages"]}])
-    assert supervised_text(collator, batch) == EXPECTED[name]("A mould.")
+    assert supervised_text(collator, batch) == CASE[name].expected(messages)
 
 
 def test_llama_template_date_is_pinned_so_a_row_renders_the_same_any_day():

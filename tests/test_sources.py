@@ -20,7 +20,8 @@ from sft.dataset import load_rows
 from sft.messages import image_count
 from sft.sources import DatasetSplit, file_source
 from tests.conftest import write_image
-from tests.test_label_contract import END_OF_TURN, REPLY_PREFIX, load, supervised_text
+from tests.families.registry import BY_NAME
+from tests.families.rows import supervised_text
 
 
 def user(*parts):
@@ -129,11 +130,11 @@ CASES = [(kind, shape) for kind in ("jsonl", "json_array", "csv", *EMBEDDED) for
 
 
 def expected(family: str, replies: list[str]) -> str:
-    return "".join(REPLY_PREFIX[family] + r + END_OF_TURN[family] for r in replies)
+    return BY_NAME[family].expected([{"role": "assistant", "content": reply} for reply in replies])
 
 
 @pytest.mark.parametrize(("kind", "shape"), CASES, ids=[f"{k}-{s}" for k, s in CASES])
-def test_every_shape_from_every_source_supervises_exactly_its_replies(tiny_models, tmp_path, kind, shape):
+def test_every_shape_from_every_source_supervises_exactly_its_replies(family_models, tmp_path, kind, shape):
     source, where = write_source(kind, tmp_path, shape)
     dataset = load_rows(source)
     rows = SHAPES[shape]
@@ -146,20 +147,20 @@ def test_every_shape_from_every_source_supervises_exactly_its_replies(tiny_model
             assert (image["bytes"] is not None) == (kind in EMBEDDED)
             assert (image["path"] is not None) == (kind not in EMBEDDED)
     for family in ("mllama", "idefics3"):
-        collator = CompletionOnlyCollator(load(str(tiny_models[family]))[0])
+        collator = CompletionOnlyCollator(family_models.load(BY_NAME[family])[0])
         batch = collator(list(dataset))
         for number, (_, _, replies) in enumerate(rows):
             assert supervised_text(collator, batch, number) == expected(family, replies), (family, number)
 
 
-def test_images_take_their_places_in_order(tiny_models, tmp_path):
+def test_images_take_their_places_in_order(family_models, tmp_path):
     """The ShareGPT row's first marker takes image b and its second image a (the row lists [b, a]): decoded pixels
     show which went where."""
     source, _ = write_source("parquet", tmp_path, "sharegpt")
     example = load_rows(source)[0]
     assert [[p["type"] for p in m["content"]] for m in example["messages"]] == [
         ["text", "image"], ["text"], ["image", "text"], ["text"]]
-    collator = CompletionOnlyCollator(load(str(tiny_models["idefics3"]))[0])
+    collator = CompletionOnlyCollator(family_models.load(BY_NAME["idefics3"])[0])
     first, second = collator.load_images(example)
     assert first.getpixel((0, 0)) == (30, 30, 200) and second.getpixel((0, 0)) == (200, 30, 30)
 

@@ -1,4 +1,5 @@
-"""Checks every family's tests run the same way: a row too long for max_length, and one training step."""
+"""Checks every family's tests run the same way: a row too long for max_length, one training step, the tensors of a
+batch, and the LoRA parameter count a plan should report."""
 
 from __future__ import annotations
 
@@ -39,3 +40,41 @@ def step_gradients(model, batch) -> dict[str, float]:
     sizes = {name: float(g.abs().sum()) for name, g in grads.items()}
     model.zero_grad()
     return sizes
+
+
+# Tensors with one entry a token: they match input_ids in batch and length.
+PER_TOKEN = ("attention_mask", "labels", "token_type_ids", "mm_token_type_ids")
+
+
+def assert_tensors_match_input_ids(batch, processor, family: Family, images_per_row: list[int]) -> None:
+    """Every tensor the processor made belongs to this batch of rows: exactly the family table's `extra_inputs`
+    (plus pixel_values) when there are images, a subset of them without; per-token tensors of input_ids' shape;
+    per-image tensors one entry an image; image-token markers on exactly the image placeholder tokens."""
+    size, length = batch["input_ids"].shape
+    base = {"input_ids", "attention_mask", "labels"}
+    if any(images_per_row):
+        assert set(batch) == base | {"pixel_values", *family.extra_inputs}
+    else:
+        assert set(batch) - base <= set(family.extra_inputs)
+    for key in PER_TOKEN:
+        if key in batch:
+            assert batch[key].shape == (size, length), key
+    if "cross_attention_mask" in batch:  # Mllama: a row of tile masks a text token
+        assert batch["cross_attention_mask"].shape[:2] == (size, length)
+    if "image_sizes" in batch:  # one (height, width) an image
+        assert batch["image_sizes"].shape == (sum(images_per_row), 2)
+    if "mm_token_type_ids" in batch:  # non-zero on exactly the image placeholders (Qwen's M-RoPE, Gemma 4)
+        assert torch.equal(batch["mm_token_type_ids"] != 0, batch["input_ids"] == processor.image_token_id)
+    if "image_grid_thw" in batch:  # Qwen: one (t, h, w) patch grid an image; its patches, merged 2 x 2, as tokens
+        grid = batch["image_grid_thw"]
+        assert grid.shape == (sum(images_per_row), 3)
+        assert batch["pixel_values"].shape[0] == int(grid.prod(dim=1).sum())
+        merge = processor.image_processor.merge_size ** 2
+        patches = iter(grid.prod(dim=1).tolist())
+        tokens = (batch["input_ids"] == processor.image_token_id).sum(dim=1).tolist()
+        assert tokens == [sum(next(patches) // merge for _ in range(n)) for n in images_per_row]
+
+
+def lora_count(r: int, layers: int, hidden: int, q_out: int, kv_out: int) -> int:
+    """LoRA parameters on q/k/v/o: each adds r x (in + out)."""
+    return layers * r * ((hidden + q_out) + 2 * (hidden + kv_out) + (q_out + hidden))
