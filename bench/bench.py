@@ -10,6 +10,8 @@ Rows (each a ratio of medians, both sides in this process or back to back):
 4. memory as data grows: peak RSS of building the training dataset and of `sft check`, 10k vs 200k text rows,
    1k vs 10k image rows (paths in JSONL) and 1k vs 10k rows of a parquet with embedded images.
 5. GPU (only with CUDA): see bench/gpu.py.
+6. packing (bench/packing.py): supervised tokens/s and padding share, ours padded vs packed vs padding-free vs plain
+   TRL packed on text rows; ours padded vs packed on image rows.
 
 Prints one table and writes bench_results/bench.json with the machine, versions and git commit.
 Usage: python bench/bench.py [--quick] [--out bench_results/bench.json] [--memory-only parquet_image]
@@ -45,6 +47,9 @@ from sft.collator import CompletionOnlyCollator  # noqa: E402
 from sft.messages import with_images  # noqa: E402
 from sft.run_outputs import _git_commit, _versions  # noqa: E402
 from sft.tiny import build_tiny  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from packing import bench_packing  # noqa: E402
 
 REAL_SMOLVLM = ROOT.parent / "shared/fixtures/real-processors/SmolVLM-256M-Instruct"
 WORDS = "rebar formwork beam footing concrete steel load temporary mould structure scaffolding".split()
@@ -358,6 +363,11 @@ def main() -> None:
     results["padding"] = padding_efficiency(lengths)
     results["training"] = bench_training(models["llama"], work, glossary_rows(256, random.Random(2)),
                                          steps=10 if args.quick else 120)
+    element_rows = work / "elements.jsonl"
+    element_rows.write_text("".join(json.dumps({"image": image_paths[i % 8], "prompt": "What element is shown?",
+                                                "target": ("water", "fire")[i % 2]}) + "\n" for i in range(64)))
+    results["packing"] = bench_packing(models, work / "packing", list(map(as_messages, glossary_rows(
+        256, random.Random(3)))), element_rows, steps=4 if args.quick else 30)
     results["memory"] = bench_memory(models, work, sizes)
     results["gpu"] = "skipped: no CUDA device" if not _cuda() else "run bench/gpu.py"
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
@@ -400,6 +410,17 @@ def table(r: dict) -> str:
             add(f"4   {key}: peak RSS MiB / rows/s", f"{value['peak_rss_mib']:.0f}/{value['rows_per_s']:.0f}")
     if "gpu" in r:
         add("5 GPU", str(r["gpu"])[:12])
+    for rows, runs in r.get("packing", {}).items():
+        base = runs["ours padded"]["supervised_tokens_per_s"]
+        for run, m in runs.items():
+            packed = "packing" in run or "free" in run
+            add(f"6 {rows} {run}: sup. tok/s {m['supervised_tokens_per_s']:.0f} / padded",
+                f"{m['supervised_tokens_per_s'] / base:.2f}x")
+            add(f"6   {rows} {run}: padding share", f"{m['padding_share']:.1%}", "<2%" if packed else "")
+        if "plain TRL packing" in runs:
+            ratio = (runs["ours packing"]["supervised_tokens_per_s"]
+                     / runs["plain TRL packing"]["supervised_tokens_per_s"])
+            add(f"6 {rows} ours packing / plain TRL packing", f"{ratio:.2f}x", ">=1.0x")
     return "\n".join(lines)
 
 

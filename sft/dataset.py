@@ -111,7 +111,8 @@ def measure(example: dict, collator: Labeller, max_length: int | None, mode: str
     if max_length is not None and len(encoded.input_ids) > max_length:
         status = "dropped"
     return {
-        "messages": example["messages"], "status": status, "length": len(encoded.input_ids), "images": len(images),
+        "messages": example["messages"], "status": status, "length": len(encoded.input_ids),
+        "image_count": len(images),
         "prompt_tokens": encoded.prompt_tokens, "supervised_tokens": encoded.supervised_tokens,
     }
 
@@ -140,9 +141,9 @@ class FitReport:
 def fit_to_length(dataset: Dataset, collator: Labeller, max_length: int | None, mode: str,
                   name: str, num_proc: int | None = None) -> tuple[Dataset, FitReport]:
     """Measure every row, drop or shorten the ones that do not fit, and report the counts."""
-    # `v2`: the measured columns gained `images`; a cache written before must not be reused.
+    # `image_count`: a measured column added later; a cache written without it must not be reused.
     fingerprint = hashlib.sha256(
-        f"{dataset._fingerprint}|{collator.tokenizer.name_or_path}|{max_length}|{mode}|{collator.date_string}|v2"
+        f"{dataset._fingerprint}|{collator.tokenizer.name_or_path}|{max_length}|{mode}|{collator.date_string}|image_count"
         .encode()).hexdigest()[:32]
     measured = dataset.map(
         measure, fn_kwargs=dict(collator=collator, max_length=max_length, mode=mode),

@@ -105,7 +105,7 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     check_fit(train_report, len(train_rows), data.max_dropped_fraction)
     train_set, batches, packed = train_rows, collator, packing_mode(args)
     if packed:  # packs of rows laid end to end (sft/packing.py); evaluation and generation stay unpacked
-        refuse_unpackable(family, args, image_rows=sum(count > 0 for count in train_rows["images"]))
+        refuse_unpackable(family, args, image_rows=sum(count > 0 for count in train_rows["image_count"]))
         train_set, batches = pack_rows(train_rows, args.max_length, packed), PackedBatches(collator, train_rows, family)
         packed = f"{packed}: {pack_summary(train_set, args.per_device_train_batch_size)}"
         log(packed)

@@ -44,3 +44,18 @@ def test_memory_row_builds_the_training_dataset_in_a_fresh_process(tiny_models, 
     recipe.write_text(f"model_name_or_path: {tiny_models['mllama']}\ntrain_file: {data}\nmax_length: 1024\n")
     peak_mib, seconds = bench.peak_rss("dataset", recipe)
     assert peak_mib > 0 and seconds > 0
+
+
+def test_packing_row_runs_ours_padded_packed_padding_free_and_plain_trl_packed(tiny_models, tmp_path):
+    from packing import bench_packing
+
+    Image.new("RGB", (36, 48)).save(tmp_path / "0.png")
+    elements = tmp_path / "elements.jsonl"
+    elements.write_text("".join(f'{{"image": "{tmp_path / "0.png"}", "prompt": "What?", "target": "{answer}"}}\n'
+                                for answer in ["water", "a large fire on the hill"] * 4))  # two lengths: padding
+    rows = [bench.as_messages(r) for r in bench.glossary_rows(16, random.Random(3))]
+    result = bench_packing(tiny_models, tmp_path / "packing", rows, elements, steps=1)
+    assert set(result["text"]) == {"ours padded", "ours packing", "ours padding_free", "plain TRL packing"}
+    for runs in result.values():
+        assert all(m["supervised_tokens_per_s"] > 0 for m in runs.values()), runs
+        assert runs["ours packing"]["padding_share"] == 0.0 < runs["ours padded"]["padding_share"]
