@@ -14,8 +14,9 @@ from sft.cli import main as sft
 from sft.errors import UserError
 from sft.labelling import make_collator
 from sft.packing import PackedBatches, pack_rows, refuse_unpackable
+from sft.plan import make_plan
 from sft.recipe import load_recipe
-from tests.conftest import write_image, write_recipe
+from tests.conftest import REPO, write_image, write_recipe
 from tests.families.registry import CASES, cases
 from tests.families.rows import SHAPES
 from tests.test_training import recipe_for
@@ -128,3 +129,16 @@ def test_preview_shows_which_rows_share_a_sequence_and_each_ones_supervised_text
     for pack in packs:
         assert sum(pack["tokens"]) <= 128
         assert pack["supervised_text"] == [rows[r]["supervised_text"] for r in pack["rows"]]
+
+
+def test_plan_counts_one_packed_sequence_a_micro_batch_and_refuses_a_family_that_cannot_pack(capsys):
+    qwen = str(REPO / "recipes/qwen2_5_vl_7b_lora.yaml")
+    padded, packed = make_plan(load_recipe(qwen)), make_plan(load_recipe(qwen, ["--packing", "true"]))
+    tokens = packed.batch * packed.max_length
+    memory = packed.memory()
+    assert f"activations (1 x {tokens}, packing)" in memory
+    assert memory["block mask of the packed sequence"][0] == 2 * tokens**2  # bf16 additive mask, L x L
+    assert packed.total(False) - padded.total(False) == 2 * tokens**2  # sdpa: activations as many tokens either way
+    assert sft(["plan", str(REPO / "recipes/llama11b_construction.yaml"), "--packing", "true"]) == 0  # text rows
+    assert sft(["plan", str(REPO / "recipes/gemma3_4b_lora.yaml"), "--packing", "true"]) == 2
+    assert capsys.readouterr().err.startswith("error: packing: not exact for family gemma3: its sliding-window ")
