@@ -5,8 +5,13 @@ The generic tests (tests/test_family_contract.py, tests/test_family_targets.py) 
 supervises is read from its `sft.families` entry (`closing`) plus the quirks below, so a test never branches on a
 family's name. Several cases may share one table entry (Qwen3.5 with thinking on and off; SmolVLM and SmolVLM2).
 
-Adding a family: write its builder (a `TinySpec` in tests/families/misc.py, or a module of its own), add one
-`Case` to `CASES` with the quirks its template has, and run `pytest tests/test_family_contract.py -k <name>`.
+Adding a family (after its entry in sft/families.py; test_family_contract.py fails until the table entry has a case
+and a README row):
+1. its builder: a `TinySpec` (tests/families/build.py) — special tokens and their roles, `config(tok)`,
+   `processor(tok, template)` — in tests/families/misc.py or a module of its own, provenance beside it;
+2. one `Case` in `CASES` below: name, `family_named(...)`, `from_spec(SPEC)`, its template (a file of
+   shared/fixtures/chat-templates, or a Path), and only the quirks its template has (the fields' comments);
+3. `pytest tests/test_family_contract.py tests/test_family_targets.py -k <name>`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 
 from sft import tiny
 from sft.families import Family, family_named
+from sft.messages import text_of
 from tests.conftest import CHAT_TEMPLATES
 from tests.families import misc, paligemma, qwen
 from tests.families.build import TinySpec, build_from
@@ -34,7 +40,8 @@ class Case:
     name: str
     family: Family  # its entry in sft.families.FAMILIES
     build: Callable[[Path, str | None], None]  # (folder, chat template text) -> the model and processor written there
-    template: str | None = None  # file in shared/fixtures/chat-templates; None: the builder brings its own (or none)
+    template: str | Path | None = None  # a file name in shared/fixtures/chat-templates, or a path (a template kept in
+    # tests/families/templates); None: the builder brings its own (sft/tiny.py) or the family has none (PaliGemma)
     images: tuple[bool, ...] = (False, True)  # rows it takes without / with an image (text model: no image)
     shapes: tuple[str, ...] = tuple(SHAPES)  # the row shapes (tests/families/rows.py) it takes
     reply_prefix: str = ""  # what the template writes between the generation prompt and a reply (supervised)
@@ -50,15 +57,19 @@ class Case:
         """Whether the case takes images (and so trains on the element task)."""
         return True in self.images
 
+    @property
+    def template_path(self) -> Path | None:
+        if self.template is None or isinstance(self.template, Path):
+            return self.template
+        return CHAT_TEMPLATES / self.template
+
     def chat_template(self) -> str | None:
-        return (CHAT_TEMPLATES / self.template).read_text(encoding="utf-8") if self.template else None
+        return self.template_path.read_text(encoding="utf-8") if self.template_path else None
 
     def expected(self, messages: list[dict]) -> str:
         """The supervised text of a row (shared/DESIGN.md's label contract): each reply without its surrounding
         whitespace after the template's reply prefix, up to and including the table's closing token; with a
         thinking template, the last reply's span starts with the rest of its empty thinking block."""
-        from sft.messages import text_of
-
         replies = [self.reply_prefix + text_of(m).strip() + self.family.closing
                    for m in messages if m["role"] == "assistant"]
         replies[-1] = self.thinking + replies[-1]
@@ -127,9 +138,11 @@ NO_TEMPLATES = pytest.mark.skipif(not CHAT_TEMPLATES.is_dir(), reason=f"{CHAT_TE
 
 
 def param(case: Case, *values):
-    """A pytest param of `case` (and `values`), skipped when the case's chat template is absent."""
+    """A pytest param of `case` (and `values`), skipped when the case's chat template file is absent."""
     ids = [case.name, *(("image" if value else "text") if isinstance(value, bool) else str(value) for value in values)]
-    return pytest.param(case, *values, id="-".join(ids), marks=[NO_TEMPLATES] if case.template else [])
+    absent = case.template_path is not None and not case.template_path.is_file()
+    return pytest.param(case, *values, id="-".join(ids),
+                        marks=[pytest.mark.skip(reason=f"{case.template_path} is absent")] if absent else [])
 
 
 def cases(selected) -> list:
