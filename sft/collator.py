@@ -36,6 +36,9 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     text: str
+    # The processor made nothing but input_ids and attention_mask for this row (a text row of most families), so a
+    # batch of such rows can be built from the stored ids and labels alone (`row_ids`, `row_labels`).
+    tokens_only: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -102,10 +105,15 @@ class CompletionOnlyCollator:
         images = self.load_images(example) if images is None else images
         with located(example):
             text, spans = self.supervised_spans(self.messages_of(example, images))
-            ids = self._process([text], [images] if images else None)["input_ids"][0].tolist()
-            return Encoded(ids, self.tokens.labels_for(text, spans, ids, images), text)
+            processed = self._process([text], [images] if images else None)
+            # Without the padding that pad_to_multiple_of adds even to one row (it would shift every tail).
+            ids = processed["input_ids"][0][processed["attention_mask"][0].bool()].tolist()
+            tokens_only = not images and set(processed) <= {"input_ids", "attention_mask"}
+            return Encoded(ids, self.tokens.labels_for(text, spans, ids, images), text, tokens_only)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if all(example.get("row_ids") for example in examples):
+            return self.from_row_ids(examples)
         images = [self.load_images(example) for example in examples]
         rendered = []
         for example, imgs in zip(examples, images):
@@ -128,6 +136,23 @@ class CompletionOnlyCollator:
             labels.append(row_labels + [IGNORE_INDEX] * (len(all_ids[row]) - length))  # padding is never learnt
         batch["labels"] = torch.tensor(labels, dtype=batch["input_ids"].dtype)
         return batch
+
+    def from_row_ids(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        """The batch of rows whose ids and labels were placed once when they were measured (sft.dataset.measure):
+        right-padded as the processor pads, padding never learnt. What TRL's pre-tokenized path costs, no render."""
+        longest = max(len(example["row_ids"]) for example in examples)
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pad = self.tokenizer.pad_token_id
+        ids, mask, labels = [], [], []
+        for example in examples:
+            length = len(example["row_ids"])
+            self.check_length(example, length)
+            ids.append(example["row_ids"] + [pad] * (longest - length))
+            mask.append([1] * length + [0] * (longest - length))
+            labels.append(example["row_labels"] + [IGNORE_INDEX] * (longest - length))
+        return BatchEncoding({"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
+                              "labels": torch.tensor(labels)})
 
     def check_length(self, example: dict, length: int) -> None:
         if self.max_length is not None and length > self.max_length:

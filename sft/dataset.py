@@ -113,6 +113,9 @@ def measure(example: dict, collator: Labeller, max_length: int | None, mode: str
     return {
         "messages": example["messages"], "status": status, "length": len(encoded.input_ids),
         "image_count": len(images),
+        # A text row's ids and labels, placed once here for the collator (empty where the processor makes more).
+        "row_ids": encoded.input_ids if encoded.tokens_only else [],
+        "row_labels": encoded.labels if encoded.tokens_only else [],
         "prompt_tokens": encoded.prompt_tokens, "supervised_tokens": encoded.supervised_tokens,
     }
 
@@ -141,9 +144,9 @@ class FitReport:
 def fit_to_length(dataset: Dataset, collator: Labeller, max_length: int | None, mode: str,
                   name: str, num_proc: int | None = None) -> tuple[Dataset, FitReport]:
     """Measure every row, drop or shorten the ones that do not fit, and report the counts."""
-    # `image_count`: a measured column added later; a cache written without it must not be reused.
+    # `measured-v3`: the measured columns (image_count, row_ids, row_labels); a cache written before lacks them.
     fingerprint = hashlib.sha256(
-        f"{dataset._fingerprint}|{collator.tokenizer.name_or_path}|{max_length}|{mode}|{collator.date_string}|image_count"
+        f"{dataset._fingerprint}|{collator.tokenizer.name_or_path}|{max_length}|{mode}|{collator.date_string}|measured-v3"
         .encode()).hexdigest()[:32]
     measured = dataset.map(
         measure, fn_kwargs=dict(collator=collator, max_length=max_length, mode=mode),
