@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from sft.collator import IGNORE_INDEX
 from sft.errors import UserError
 from sft.families import FAMILIES, family_for_processor, find_family
 from sft.generation import exact_match, generate_replies, reference, stop_ids
@@ -95,7 +96,7 @@ def test_bos_is_never_supervised_nor_doubled(family_models, tmp_path, case):
     for item in mixed_rows(case, tmp_path):
         batch = collator([item])
         ids = batch["input_ids"][0].tolist()
-        assert bos not in batch["input_ids"][0][batch["labels"][0] != -100].tolist()
+        assert bos not in batch["input_ids"][0][batch["labels"][0] != IGNORE_INDEX].tolist()
         assert bos is None or ids[:2] != [bos, bos]
 
 
@@ -142,7 +143,7 @@ def test_mixed_batch_pads_every_tensor_to_input_ids_and_trains_one_step(family_m
     assert_tensors_match_input_ids(batch, processor, case.family, images)
     for index, item in enumerate(rows):
         assert supervised_text(collator, batch, index) == case.expected(item["messages"])
-        assert (batch["labels"][index][batch["attention_mask"][index] == 0] == -100).all()
+        assert (batch["labels"][index][batch["attention_mask"][index] == 0] == IGNORE_INDEX).all()
     gradients = step_gradients(model, batch)
     vision = sum(size for name, size in gradients.items() if is_vision_side(name, case.family))
     assert (vision > 0) == any(images)  # the image reached the vision tower through the processor's tensors
@@ -172,7 +173,7 @@ def test_the_template_writes_one_counted_marker_per_image(family_models, case):
 
 # ---- generation -------------------------------------------------------------------------------------------------
 def last_span_start(labels: torch.Tensor) -> int:
-    supervised = (labels != -100).nonzero().flatten().tolist()
+    supervised = (labels != IGNORE_INDEX).nonzero().flatten().tolist()
     start = supervised[-1]
     while start - 1 in supervised:
         start -= 1
