@@ -17,7 +17,8 @@ from sft.packing import PackedBatches, pack_rows, refuse_unpackable
 from sft.plan import make_plan
 from sft.recipe import load_recipe
 from tests.conftest import REPO, write_image, write_recipe
-from tests.families.registry import CASES, cases
+from tests.families.registry import BY_NAME, CASES, cases, param
+from tests.families.report import PACKED_RUNS, assert_learns, train_elements
 from tests.families.rows import SHAPES
 from tests.test_training import recipe_for
 
@@ -142,3 +143,22 @@ def test_plan_counts_one_packed_sequence_a_micro_batch_and_refuses_a_family_that
     assert sft(["plan", str(REPO / "recipes/llama11b_construction.yaml"), "--packing", "true"]) == 0  # text rows
     assert sft(["plan", str(REPO / "recipes/gemma3_4b_lora.yaml"), "--packing", "true"]) == 2
     assert capsys.readouterr().err.startswith("error: packing: not exact for family gemma3: its sliding-window ")
+
+
+@pytest.mark.parametrize(("case", "mode"), [param(BY_NAME["qwen2_5_vl"], "packing"), param(BY_NAME["llava"], "packing"),
+                                            param(BY_NAME["idefics3"], "padding_free")])
+def test_packed_training_names_every_image_as_the_unpacked_run_does(family_models, tmp_path, case, mode):
+    metrics = train_elements(case, family_models.folder(case), tmp_path, **PACKED_RUNS[mode])
+    assert_learns(f"{case.name} {mode}", metrics)
+    manifest = json.loads((tmp_path / "run" / "run_manifest.json").read_text())
+    assert manifest["model_setup"]["packing"].startswith(f"{mode}: 8 rows in ")
+
+
+def test_the_seed_architecture_packs_its_text_rows_end_to_end(tiny_models, tmp_path, capsys):
+    recipe = recipe_for(tmp_path, tiny_models["mllama"], with_images=False, max_length=128, num_train_epochs=1,
+                        eval_strategy="no", packing=True, per_device_train_batch_size=1)
+    from sft.train import main as train
+
+    metrics = train(load_recipe(recipe))
+    assert "[sft] packing: 8 rows in 2 sequences; a micro-batch of 1 holds 4.0 rows" in capsys.readouterr().err
+    assert metrics["first_loss"] > 0 and metrics["eval_accuracy"] is not None

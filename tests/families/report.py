@@ -1,6 +1,6 @@
 """A training run per tiny family on the element task (image → water / fire), scored by generation.
 
-    .venv/bin/python -m tests.families.report [case ...]   # one line a family, about a minute for all
+    .venv/bin/python -m tests.families.report [--packing | --padding_free] [case ...]   # one line a family
 
 `train_elements` and `assert_learns` are what the family contract runs (tests/test_family_contract.py); run as a
 module it prints each family's first → last training loss and eval accuracy, the figures the issue notes report.
@@ -21,11 +21,11 @@ from tests.families.registry import BY_NAME, VISION, Case, build
 from tests.test_training import recipe_for
 
 
-def train_elements(case: Case, model_dir: Path, root: Path, epochs: int = 12) -> dict:
+def train_elements(case: Case, model_dir: Path, root: Path, epochs: int = 12, **keys) -> dict:
     """Train `model_dir` (of `case`) on 8 element rows (image → water / fire) for `epochs`; eval by generation on 4
-    more. Rows get the case's system turn when it needs one."""
+    more. Rows get the case's system turn when it needs one; `keys` are more recipe keys (e.g. packing=True)."""
     recipe = recipe_for(root, model_dir, with_images=True, max_length=1024, num_train_epochs=epochs,
-                        learning_rate=5e-3, eval_strategy="no", logging_steps=4)
+                        learning_rate=5e-3, eval_strategy="no", logging_steps=4, **keys)
     if case.system:
         for data in (root / "train.jsonl", root / "val.jsonl"):
             rows = [json.loads(text) for text in data.read_text(encoding="utf-8").splitlines()]
@@ -48,12 +48,20 @@ def assert_learns(name: str, metrics: dict) -> None:
     assert metrics["eval_accuracy"] == 1.0
 
 
+# The element run packed: all 8 rows fit one 1024-token sequence, so a step is one pack and twice the epochs keep
+# the step count near the unpacked run's (8 rows / 4 a step x 12 epochs); padding_free keeps batches of 4 rows.
+PACKED_RUNS = {"packing": {"packing": True, "per_device_train_batch_size": 1, "epochs": 24},
+               "padding_free": {"padding_free": True}}
+
+
 def main(names: list[str]) -> None:
     logging.disable(logging.WARNING)
+    mode = names.pop(0).lstrip("-") if names and names[0] in ("--packing", "--padding_free") else None
     for case in [BY_NAME[name] for name in names] or VISION:
         with tempfile.TemporaryDirectory() as folder:
             started = time.perf_counter()
-            metrics = train_elements(case, build(case, Path(folder) / "model"), Path(folder))
+            metrics = train_elements(case, build(case, Path(folder) / "model"), Path(folder),
+                                     **PACKED_RUNS.get(mode, {}))
             print(f"{line(case.name, metrics)} ({time.perf_counter() - started:.0f} s)", flush=True)
 
 
