@@ -29,7 +29,8 @@ class Family:
     example: str  # a hub id of the family
     closing: str | None  # the token that ends a supervised assistant turn; generation stops there too
     vision_modules: tuple[str, ...] = ()  # module-name parts of the vision tower and projector
-    extra_inputs: tuple[str, ...] = ()  # processor tensors beyond input_ids, attention_mask and pixel_values
+    extra_inputs: tuple[str, ...] = ()  # processor tensors beyond input_ids, attention_mask and the pixels
+    pixel_input: str = "pixel_values"  # the processor's pixel tensor
     image_marker: str | None = None  # what the template writes per image, when it is not processor.image_token
     processor_kwargs: dict = field(default_factory=dict)  # extra arguments to AutoProcessor.from_pretrained
     reasoning_end: str | None = None  # a non-special token that ends a thinking block; the answer follows it
@@ -120,6 +121,12 @@ FAMILIES = (
            vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("image_sizes",)),
     Family("llava_onevision", ("llava_onevision",), "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "<|im_end|>",
            vision_modules=("vision_tower", "multi_modal_projector"), extra_inputs=("image_sizes", "batch_num_images")),
+    # Phi-4-multimodal: `<|user|><|image|>...<|end|><|assistant|>reply<|end|>` with no whitespace anywhere; the
+    # image tower, its projection and the audio tower all live under `model.embed_tokens_extend`, and the language
+    # model fuses q/k/v into one `qkv_proj`.
+    Family("phi4_multimodal", ("phi4_multimodal",), "microsoft/Phi-4-multimodal-instruct", "<|end|>",
+           vision_modules=("img_processor", "img_projection_up", "img_projection_down", "audio_embed"),
+           pixel_input="image_pixel_values", extra_inputs=("image_sizes", "image_attention_mask")),
 )
 
 

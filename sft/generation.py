@@ -65,7 +65,9 @@ def stop_ids(model, collator: Labeller) -> list[int]:
     ids.append(tokenizer.eos_token_id)
     if collator.family.closing:  # a family not in the table has none: EOS alone
         ids.append(tokenizer.convert_tokens_to_ids(collator.family.closing))
-    return sorted({i for i in ids if i is not None and i != tokenizer.unk_token_id})
+    # An unknown token never stops generation, unless it is the EOS too (Phi-4's <|endoftext|> is both).
+    unk = tokenizer.unk_token_id if tokenizer.unk_token_id != tokenizer.eos_token_id else None
+    return sorted({i for i in ids if i is not None and i != unk})
 
 
 @torch.no_grad()

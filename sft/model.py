@@ -30,8 +30,13 @@ def is_vision_config(config) -> bool:
 
 
 def model_class_for(config):
-    """The Auto class that builds this checkpoint: image-text-to-text for a VLM, causal LM for text."""
-    return AutoModelForImageTextToText if is_vision_config(config) else AutoModelForCausalLM
+    """The Auto class that builds this checkpoint: image-text-to-text for a VLM that transformers maps there, causal
+    LM otherwise (a text model, or a VLM such as Phi-4-multimodal that transformers 5.23 maps only to causal LM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    if is_vision_config(config) and config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
 
 
 # Families whose layers Liger's kernels patch (RMSNorm, SwiGLU, RoPE, LayerNorm), by config model_type. Its fused
@@ -132,7 +137,12 @@ def load_processor(path: str, config, trust_remote_code: bool = False, family: F
             return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         family = family or family_for(getattr(config, "model_type", None))
         kwargs = family.processor_kwargs if family else {}
-        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        # transformers 5.23's Phi4MultimodalProcessor takes no chat_template argument, so from_pretrained drops the
+        # saved one; its tokenizer loads the same chat_template.jinja.
+        if not getattr(processor, "chat_template", None) and getattr(processor.tokenizer, "chat_template", None):
+            processor.chat_template = processor.tokenizer.chat_template
+        return processor
     except (ImportError, ValueError) as exc:  # transformers raises these from the processor class it loads
         package = missing_package(exc)
         if package is None:

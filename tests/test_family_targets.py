@@ -21,11 +21,13 @@ def linears(module: torch.nn.Module, prefix: str = "") -> set[str]:
 
 
 def language_and_vision(model) -> tuple[set[str], set[str]]:
-    """The linear layers of the language model (its decoder, lm_head aside) and those outside it (vision tower,
-    projector)."""
+    """The linear layers of the language model (its decoder's layers, lm_head aside) and those outside it (vision
+    tower, projector)."""
     decoder = model.get_decoder()
     prefix = next(name for name, module in model.named_modules() if module is decoder)
-    language = linears(decoder, f"{prefix}.")
+    # Its transformer blocks: a decoder may also hold the image and audio towers that feed its embeddings
+    # (Phi-4-multimodal's embed_tokens_extend).
+    language = linears(decoder.layers, f"{prefix}.layers.")
     head = {name for name, module in model.named_modules() if module is model.get_output_embeddings()}
     return language - head, linears(model) - language - head
 

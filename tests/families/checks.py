@@ -48,12 +48,12 @@ PER_TOKEN = ("attention_mask", "labels", "token_type_ids", "mm_token_type_ids")
 
 def assert_tensors_match_input_ids(batch, processor, family: Family, images_per_row: list[int]) -> None:
     """Every tensor the processor made belongs to this batch of rows: exactly the family table's `extra_inputs`
-    (plus pixel_values) when there are images, a subset of them without; per-token tensors of input_ids' shape;
+    (plus its pixel tensor) when there are images, a subset of them without; per-token tensors of input_ids' shape;
     per-image tensors one entry an image; image-token markers on exactly the image placeholder tokens."""
     size, length = batch["input_ids"].shape
     base = {"input_ids", "attention_mask", "labels"}
     if any(images_per_row):
-        assert set(batch) == base | {"pixel_values", *family.extra_inputs}
+        assert set(batch) == base | {family.pixel_input, *family.extra_inputs}
     else:
         assert set(batch) - base <= set(family.extra_inputs)
     for key in PER_TOKEN:

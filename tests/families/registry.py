@@ -28,7 +28,7 @@ from sft import tiny
 from sft.families import Family, family_named
 from sft.messages import text_of
 from tests.conftest import CHAT_TEMPLATES
-from tests.families import misc, paligemma, qwen
+from tests.families import misc, paligemma, phi4, qwen
 from tests.families.build import TinySpec, build_from
 from tests.families.rows import SHAPES
 
@@ -128,7 +128,8 @@ CASES = (
     Case("paligemma", family_named("paligemma"), from_spec(paligemma.SPEC), images=(True,),
          shapes=("instruction", "prompt_completion"),
          two_image_turns_refused=r"takes one prompt and one answer per row", round_trip=True),
-    # Phi-4-multimodal (tests/families/phi4.py) joins here as one Case once its table entry exists.
+    # No whitespace anywhere in its template, which the tests keep in tests/families/templates (PROVENANCE.md there).
+    Case("phi4_multimodal", family_named("phi4_multimodal"), from_spec(phi4.SPEC), phi4.TEMPLATE),
 )
 BY_NAME = {case.name: case for case in CASES}
 VISION = tuple(case for case in CASES if case.vision)
