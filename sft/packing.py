@@ -48,6 +48,8 @@ def refuse_unpackable(family: Family, args, image_rows: int = 0) -> None:
     if image_rows and not family.packing_images:
         raise UserError(f"{mode}: not exact for family {family.name} on rows with images ({image_rows} here): "
                         f"{family.packing_refusal}; train without it (text rows alone pack exactly)")
+    if not args.max_length:
+        raise UserError(f"{mode}: needs max_length (the tokens a row may have, and a packed sequence per row)")
     if args.packing and args.packing_strategy != "bfd":
         raise UserError(f"packing_strategy {args.packing_strategy!r}: only 'bfd' keeps every row whole (a "
                         "completion or an image is never cut); set packing_strategy: bfd")

@@ -21,13 +21,14 @@ def linears(module: torch.nn.Module, prefix: str = "") -> set[str]:
 
 
 def language_and_vision(model) -> tuple[set[str], set[str]]:
-    """The linear layers of the language model (its decoder's layers, lm_head aside) and those outside it (vision
-    tower, projector)."""
+    """The linear layers of the language model (its decoder, lm_head aside) and those outside it (vision tower,
+    projector)."""
     decoder = model.get_decoder()
     prefix = next(name for name, module in model.named_modules() if module is decoder)
-    # Its transformer blocks: a decoder may also hold the image and audio towers that feed its embeddings
-    # (Phi-4-multimodal's embed_tokens_extend).
-    language = linears(decoder.layers, f"{prefix}.layers.")
+    # Less what feeds its input embeddings: a decoder may hold the image and audio towers there (Phi-4-multimodal's
+    # embed_tokens_extend).
+    embedding = {f"{prefix}.{name}." for name, _ in decoder.named_children() if "embed" in name}
+    language = {name for name in linears(decoder, f"{prefix}.") if not name.startswith(tuple(embedding))}
     head = {name for name, module in model.named_modules() if module is model.get_output_embeddings()}
     return language - head, linears(model) - language - head
 
