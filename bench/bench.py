@@ -367,7 +367,7 @@ def main() -> None:
     element_rows.write_text("".join(json.dumps({"image": image_paths[i % 8], "prompt": "What element is shown?",
                                                 "target": ("water", "fire")[i % 2]}) + "\n" for i in range(64)))
     results["packing"] = bench_packing(models, work / "packing", list(map(as_messages, glossary_rows(
-        256, random.Random(3)))), element_rows, steps=4 if args.quick else 30)
+        256, random.Random(3)))), element_rows, steps=4 if args.quick else 200)
     results["memory"] = bench_memory(models, work, sizes)
     results["gpu"] = "skipped: no CUDA device" if not _cuda() else "run bench/gpu.py"
     results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()}
@@ -416,11 +416,14 @@ def table(r: dict) -> str:
             packed = "packing" in run or "free" in run
             add(f"6 {rows} {run}: sup. tok/s {m['supervised_tokens_per_s']:.0f} / padded",
                 f"{m['supervised_tokens_per_s'] / base:.2f}x")
+            add(f"6   {rows} {run}: all tokens/s", f"{m['tokens_per_s']:.0f}")
             add(f"6   {rows} {run}: padding share", f"{m['padding_share']:.1%}", "<2%" if packed else "")
         if "plain TRL packing" in runs:
             ratio = (runs["ours packing"]["supervised_tokens_per_s"]
                      / runs["plain TRL packing"]["supervised_tokens_per_s"])
             add(f"6 {rows} ours packing / plain TRL packing", f"{ratio:.2f}x", ">=1.0x")
+            add(f"6   supervised share: ours {runs['ours packing']['supervised_share']:.1%}, TRL "
+                f"{runs['plain TRL packing']['supervised_share']:.1%}", "")
     return "\n".join(lines)
 
 

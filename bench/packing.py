@@ -41,7 +41,8 @@ def counting():
 
 
 def rates(counts: dict, runtime: float) -> dict:
-    return {"supervised_tokens_per_s": counts["supervised"] / runtime,
+    return {"supervised_tokens_per_s": counts["supervised"] / runtime, "tokens_per_s": counts["positions"] / runtime,
+            "supervised_share": counts["supervised"] / counts["positions"],
             "padding_share": counts["padding"] / counts["positions"], "runtime_s": runtime}
 
 
@@ -49,6 +50,7 @@ def ours(model_dir: Path, data: Path, work: Path, name: str, steps: int, **keys)
     from sft.recipe import load_recipe
     from sft.train import main as train
 
+    work.mkdir(parents=True, exist_ok=True)
     recipe = work / f"{name}.yaml"
     recipe.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in ({
         "model_name_or_path": str(model_dir), "train_file": str(data), "output_dir": str(work / name),
@@ -77,25 +79,32 @@ def plain_trl_packed(model_dir: Path, rows: list[dict], work: Path, steps: int, 
 
 
 def bench_packing(models: dict[str, Path], work: Path, text_rows: list[dict], image_data: Path,
-                  steps: int) -> dict:
+                  steps: int, repeats: int = 2) -> dict:
     """Padded vs packed vs padding-free (ours), and plain TRL packed on text rows. `text_rows` are messages pairs
-    (user, assistant); a packed step holds as many rows as fit max_length, a padded one 8."""
+    (user, assistant); a packed step holds as many rows as fit max_length, a padded one 8. Each run `repeats` times,
+    the order reversed on every other round (a run of a few seconds varies by 10 % or more), figures averaged."""
     work.mkdir(parents=True, exist_ok=True)
     text = work / "text.jsonl"
     text.write_text("".join(json.dumps({"messages": m}) + "\n" for m in text_rows))
     padded = {"per_device_train_batch_size": 8, "max_length": 512}
     packed = {"per_device_train_batch_size": 1, "max_length": 512}
-    result = {"text": {
-        "ours padded": ours(models["llama"], text, work, "text-padded", steps, **padded),
-        "ours packing": ours(models["llama"], text, work, "text-packed", steps, packing=True, **packed),
-        "ours padding_free": ours(models["llama"], text, work, "text-free", steps, padding_free=True, **padded),
-        "plain TRL packing": plain_trl_packed(models["llama"], text_rows, work, steps, 512),
-    }}
     image = {"max_length": 1024, "column_map": {"completion": "target"}}
-    result["image"] = {
-        "ours padded": ours(models["idefics3"], image_data, work, "image-padded", steps,
-                            per_device_train_batch_size=8, **image),
-        "ours packing": ours(models["idefics3"], image_data, work, "image-packed", steps,
-                             per_device_train_batch_size=1, packing=True, **image),
+    runs = {
+        ("text", "ours padded"): lambda out: ours(models["llama"], text, out, "padded", steps, **padded),
+        ("text", "ours packing"): lambda out: ours(models["llama"], text, out, "packed", steps, packing=True, **packed),
+        ("text", "ours padding_free"): lambda out: ours(models["llama"], text, out, "free", steps, padding_free=True,
+                                                        **padded),
+        ("text", "plain TRL packing"): lambda out: plain_trl_packed(models["llama"], text_rows, out, steps, 512),
+        ("image", "ours padded"): lambda out: ours(models["idefics3"], image_data, out, "image-padded", steps,
+                                                   per_device_train_batch_size=8, **image),
+        ("image", "ours packing"): lambda out: ours(models["idefics3"], image_data, out, "image-packed", steps,
+                                                    per_device_train_batch_size=1, packing=True, **image),
     }
+    measured: dict = {key: [] for key in runs}
+    for round_ in range(repeats):
+        for key in (list(runs) if round_ % 2 == 0 else list(runs)[::-1]):
+            measured[key].append(runs[key](work / f"round{round_}"))
+    result: dict = {}
+    for (rows, name), figures in measured.items():
+        result.setdefault(rows, {})[name] = {k: sum(f[k] for f in figures) / len(figures) for k in figures[0]}
     return result

@@ -109,7 +109,8 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
         train_set, batches = pack_rows(train_rows, args.max_length, packed), PackedBatches(collator, train_rows, family)
         packed = f"{packed}: {pack_summary(train_set, args.per_device_train_batch_size)}"
         log(packed)
-        args.packing = args.padding_free = False  # done here: TRL's own refuses a custom collator
+        requested, args.packing, args.padding_free = (args.packing, args.padding_free), False, False  # done here:
+        # TRL's SFTTrainer refuses a custom collator with either key; they are set back once it is built.
     reports = [train_report]
     if eval_rows is not None:
         eval_rows, eval_report = prepare_split(recipe, collator, "eval", eval_rows)
@@ -156,6 +157,8 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
         generation_rows=list(eval_rows) if eval_metrics else None, eval_metrics=eval_metrics,
         predictions_dir=predictions_dir,
     )
+    if packed:  # the manifest's resolved recipe says what was asked (TRL reads both keys only when it is built)
+        args.packing, args.padding_free = requested
 
     # ---- train -------------------------------------------------------------------------------------------------
     interrupt.install()

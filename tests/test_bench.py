@@ -54,7 +54,7 @@ def test_packing_row_runs_ours_padded_packed_padding_free_and_plain_trl_packed(t
     elements.write_text("".join(f'{{"image": "{tmp_path / "0.png"}", "prompt": "What?", "target": "{answer}"}}\n'
                                 for answer in ["water", "a large fire on the hill"] * 4))  # two lengths: padding
     rows = [bench.as_messages(r) for r in bench.glossary_rows(16, random.Random(3))]
-    result = bench_packing(tiny_models, tmp_path / "packing", rows, elements, steps=1)
+    result = bench_packing(tiny_models, tmp_path / "packing", rows, elements, steps=1, repeats=1)
     assert set(result["text"]) == {"ours padded", "ours packing", "ours padding_free", "plain TRL packing"}
     for runs in result.values():
         assert all(m["supervised_tokens_per_s"] > 0 for m in runs.values()), runs

@@ -16,6 +16,7 @@ from sft.labelling import make_collator
 from sft.packing import PackedBatches, pack_rows, refuse_unpackable
 from sft.plan import make_plan
 from sft.recipe import load_recipe
+from sft.train import main as train
 from tests.conftest import REPO, write_image, write_recipe
 from tests.families.registry import BY_NAME, CASES, cases, param
 from tests.families.report import PACKED_RUNS, assert_learns, train_elements
@@ -157,8 +158,8 @@ def test_packed_training_names_every_image_as_the_unpacked_run_does(family_model
 def test_the_seed_architecture_packs_its_text_rows_end_to_end(tiny_models, tmp_path, capsys):
     recipe = recipe_for(tmp_path, tiny_models["mllama"], with_images=False, max_length=128, num_train_epochs=1,
                         eval_strategy="no", packing=True, per_device_train_batch_size=1)
-    from sft.train import main as train
-
     metrics = train(load_recipe(recipe))
     assert "[sft] packing: 8 rows in 2 sequences; a micro-batch of 1 holds 4.0 rows" in capsys.readouterr().err
     assert metrics["first_loss"] > 0 and metrics["eval_accuracy"] is not None
+    manifest = json.loads((tmp_path / "run" / "run_manifest.json").read_text())
+    assert manifest["recipe"]["training"]["packing"] is True  # the resolved recipe says what was asked
