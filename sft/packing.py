@@ -144,11 +144,11 @@ class PackedBatches:
         # would make one in its forward and then attend across examples.
         out["use_cache"] = False
         text_positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
-        if self.family.packing == "positions":
-            out["position_ids"] = text_positions
-        else:  # the text row, then M-RoPE's three (on text alone all three are the text positions)
+        if self.family.packing == "mrope":  # the text row, then M-RoPE's three (all the text positions on text alone)
             rope = self.mrope_positions(*padded) if padded else text_positions.unsqueeze(0).expand(3, -1, -1)
             out["position_ids"] = torch.cat([text_positions.unsqueeze(0), rope], dim=0)
+        else:
+            out["position_ids"] = text_positions
         return out
 
     def mrope_positions(self, batch, mask) -> torch.Tensor:
