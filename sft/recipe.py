@@ -17,6 +17,7 @@ from trl import ModelConfig, SFTConfig, TrlParser
 
 from sft.data_arguments import DataArguments
 from sft.errors import UserError
+from sft.trl_keys import check_trl_keys
 
 # The toolkit's defaults where they differ from TRL's (a recipe or the command line overrides each).
 TOOLKIT_DEFAULTS = {
@@ -169,6 +170,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
             raise UserError(f"unknown option {item}{_did_you_mean(item[2:], known)}")
     if extra:
         raise UserError(f"unexpected arguments: {' '.join(extra)}")
+    check_trl_keys(training, model, notices)
     if data.train_file is None and data.dataset_name is None:
         raise UserError(f"{path or 'recipe'}: train_file is required (or dataset_name)")
     if not cuda and (training.bf16 or training.fp16):
