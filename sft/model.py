@@ -99,8 +99,15 @@ def load_processor_and_family(model_args: ModelConfig, trust_remote_code: bool =
     """The processor of a vision model (the tokenizer of a text model) and the model's family: the one lookup of a
     command (sft.families.find_family), by the recipe's `family:`, the config's model_type or the processor class."""
     config = load_config(model_args, trust_remote_code)
+    return processor_and_family(model_args.model_name_or_path, config, trust_remote_code, family_name)
+
+
+def processor_and_family(path: str, config, trust_remote_code: bool = False, family_name: str | None = None):
+    """The processor of the checkpoint at `path` (its `config` loaded) and its family: the recipe's `family:` or the
+    model type picks the processor's loading arguments; a model type the table lacks is looked up by the processor's
+    class once it is loaded."""
     known = find_family(config.model_type, None, family_name)
-    processing_class = load_processor(model_args.model_name_or_path, config, trust_remote_code, known)
+    processing_class = load_processor(path, config, trust_remote_code, known)
     if known.model_types or family_name:
         return processing_class, known
     return processing_class, find_family(config.model_type, processing_class)

@@ -104,18 +104,8 @@ class PackedBatches:
         if "pack" not in examples[0]:
             return self.labeller(examples)
         columns = self.rows[[i for example in examples for i in example["pack"]]]  # one Arrow read for all rows
-        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-        if all(row["row_ids"] for row in rows):  # text rows placed when measured: laid end to end as they are
-            return self.laid_end_to_end(rows)
-        return self.concatenate(self.labeller(rows))
-
-    def laid_end_to_end(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        """Rows whose ids and labels were stored when measured, as one sequence (no padding to take out)."""
-        for row in rows:
-            self.labeller.check_length(row, len(row["row_ids"]))
-        labels = torch.tensor([label for row in rows for label in row["row_labels"]]).unsqueeze(0)
-        return self.finish({"input_ids": torch.tensor([i for row in rows for i in row["row_ids"]]).unsqueeze(0),
-                            "labels": labels}, [len(row["row_ids"]) for row in rows], None)
+        # Text rows placed when measured batch from their stored ids (the labeller's from_row_ids), others render.
+        return self.concatenate(self.labeller([dict(zip(columns, values)) for values in zip(*columns.values())]))
 
     def concatenate(self, batch) -> dict[str, torch.Tensor]:
         """The padded batch as one sequence: per-token tensors without padding, per-example position ids."""
@@ -132,11 +122,7 @@ class PackedBatches:
                                 "for packing it; train without packing")
             else:
                 out[key] = value
-        return self.finish(out, mask.sum(dim=1).tolist(), (batch, mask))
-
-    def finish(self, out: dict, lengths: list[int], padded) -> dict:
-        """Per-example position ids and no KV cache for a sequence of examples of `lengths` tokens; `padded` (the
-        padded batch and its mask) is what Qwen's M-RoPE positions are computed from."""
+        lengths = mask.sum(dim=1).tolist()
         starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
         if (out["labels"][0, starts] != IGNORE_INDEX).any():  # the contract guarantees it; else learnt across rows
             raise UserError("a row's first token is supervised; it cannot be packed after another row")
@@ -144,11 +130,8 @@ class PackedBatches:
         # would make one in its forward and then attend across examples.
         out["use_cache"] = False
         text_positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
-        if self.family.packing == "mrope":  # the text row, then M-RoPE's three (all the text positions on text alone)
-            rope = self.mrope_positions(*padded) if padded else text_positions.unsqueeze(0).expand(3, -1, -1)
-            out["position_ids"] = torch.cat([text_positions.unsqueeze(0), rope], dim=0)
-        else:
-            out["position_ids"] = text_positions
+        out["position_ids"] = text_positions if self.family.packing != "mrope" else \
+            torch.cat([text_positions.unsqueeze(0), self.mrope_positions(batch, mask)], dim=0)  # text row + M-RoPE's
         return out
 
     def mrope_positions(self, batch, mask) -> torch.Tensor:

@@ -9,11 +9,10 @@ from pathlib import Path
 from sft.dataset import raise_on_errors
 from sft.errors import UserError
 from sft.export import load_base, load_with_adapter
-from sft.families import find_family
 from sft.generation import generate_replies, max_reply_tokens, reference
 from sft.labelling import make_collator
 from sft.metrics import default_metrics, score
-from sft.model import load_processor
+from sft.model import processor_and_family
 from sft.recipe import DataArguments
 from sft.rows import RowError, iter_rows
 
@@ -32,10 +31,7 @@ def load_for_inference(path: str | Path):
     else:
         raise UserError(f"{path}: neither a run dir (adapter_config.json) nor a model folder (config.json)")
     named = _manifest(path).get("recipe", {}).get("data", {}).get("family")
-    family = find_family(model.config.model_type, None, named)
-    processing_class = load_processor(str(path), model.config, family=family if family.model_types else None)
-    if not family.model_types and not named:
-        family = find_family(model.config.model_type, processing_class)
+    processing_class, family = processor_and_family(str(path), model.config, family_name=named)
     return model, processing_class, date_string or DataArguments.date_string, family
 
 
