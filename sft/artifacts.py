@@ -18,13 +18,21 @@ PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "added_tokens.json")
 
 
+def is_full_run(run: str | Path) -> bool:
+    """A run that trained without LoRA (every trained part `full`): it saved the whole model, no adapter."""
+    run = Path(run)
+    return not (run / "adapter_config.json").exists() and (run / "config.json").is_file() and (
+        (run / "run_manifest.json").is_file()) and any(run.glob("model*.safetensors*"))
+
+
 def latest_run(outputs: str | Path = "outputs") -> Path:
-    """The most recently written run under `outputs` (a folder holding an adapter)."""
+    """The most recently written run under `outputs` (a folder holding an adapter, or a full fine-tune's model)."""
     runs = [p.parent for p in Path(outputs).glob("*/adapter_config.json")]
+    runs += [p.parent for p in Path(outputs).glob("*/run_manifest.json") if is_full_run(p.parent)]
     if not runs:
-        raise UserError(f"{outputs}: no run with an adapter found; train first or pass RUN=<run dir>")
-    return max(runs, key=lambda run: (run / "adapter_model.safetensors").stat().st_mtime
-               if (run / "adapter_model.safetensors").exists() else 0)
+        raise UserError(f"{outputs}: no run with an adapter or a model found; train first or pass RUN=<run dir>")
+    return max(runs, key=lambda run: (run / "run_manifest.json").stat().st_mtime
+               if (run / "run_manifest.json").exists() else 0)
 
 
 def read_run(run: str | Path) -> dict:

@@ -46,9 +46,11 @@ def _recipe_and_collator(args, overrides):
 
     recipe = load_recipe(args.recipe, overrides)
     processing_class, family = load_processor_and_family(recipe.model, recipe.training.trust_remote_code,
-                                                         recipe.data.family)
+                                                         recipe.data.family, recipe.training.chat_template_path,
+                                                         recipe.data.image_budget)
     collator = make_collator(processing_class, family, date_string=recipe.data.date_string,
-                             max_length=recipe.training.max_length)
+                             max_length=recipe.training.max_length,
+                             completion_only_loss=recipe.training.completion_only_loss)
     return recipe, collator
 
 

@@ -63,21 +63,25 @@ def located(example: dict):
 
 
 class CompletionOnlyCollator:
-    """Builds training batches whose labels supervise the assistant replies and their end-of-turn tokens only."""
+    """Builds training batches whose labels supervise the assistant replies and their end-of-turn tokens only (or,
+    with `completion_only_loss` false, the whole conversation but padding and image placeholders)."""
 
     needs_chat_template = True  # labels are located in the template's rendering (not so in sft/prefix_suffix.py)
 
     def __init__(self, processing_class, family: Family | None = None, date_string: str | None = None,
-                 max_length: int | None = None, pad_to_multiple_of: int | None = None):
+                 max_length: int | None = None, pad_to_multiple_of: int | None = None,
+                 completion_only_loss: bool | None = None):
         self.processing_class = processing_class
         # Commands find the family once from the checkpoint (sft.families.find_family) and pass it; a caller that
         # passes none (a test, a tool) gets the one the processor's class names.
         self.family = family or find_family(None, processing_class)
+        # TRL's key: unset or true, the replies only; false, the whole conversation but its image placeholders.
+        self.completion_only_loss = completion_only_loss is not False
         self.replies = ReplySpans(processing_class, self.family, date_string, self.needs_chat_template)
         self.is_processor, self.tokenizer = self.replies.is_processor, self.replies.tokenizer
         self.image_token, self.date_string = self.replies.image_token, self.replies.date_string
         self.render, self.supervised_spans = self.replies.render, self.replies.supervised_spans
-        self.tokens = TokenLabels(self.tokenizer, self.image_token, self._process)
+        self.tokens = TokenLabels(self.tokenizer, self.image_token, self._process, self._placeholder_ids())
         self.max_length = max_length
         self.pad_to_multiple_of = pad_to_multiple_of
 
@@ -90,6 +94,21 @@ class CompletionOnlyCollator:
         # test it for emptiness before torch.tensor (a quarter of this collator's time on text rows, measured).
         encoded = self.tokenizer(texts, **{**kwargs, "return_tensors": None})
         return BatchEncoding({key: torch.tensor(value) for key, value in encoded.items()})
+
+    def _placeholder_ids(self) -> frozenset:
+        """The image marker's tokens and the processor's image/video token ids: never supervised (the rest of an
+        image's expansion is found by position, sft.token_labels.TokenLabels.conversation_labels)."""
+        marker = self.tokenizer(self.image_token, add_special_tokens=False)["input_ids"] if self.image_token else []
+        own = [token for name in ("image_token_ids", "video_token_ids")
+               for token in getattr(self.processing_class, name, None) or ()]
+        return frozenset(token for token in [*marker, *own] if token is not None)
+
+    def labels_for(self, text: str, spans: list[tuple[int, int]], ids: list[int], images: list,
+                   tail_ids: list[list[int]] | None = None) -> list[int]:
+        """The row's labels: its replies' spans, or with `completion_only_loss` false the whole conversation."""
+        if self.completion_only_loss:
+            return self.tokens.labels_for(text, spans, ids, images, tail_ids)
+        return self.tokens.conversation_labels(text, ids, images)
 
     def load_images(self, example: dict) -> list:
         """The row's images decoded as RGB, from its `stored_images` entries (a path, or `{bytes, path}` as the Arrow
@@ -109,7 +128,7 @@ class CompletionOnlyCollator:
             # Without the padding that pad_to_multiple_of adds even to one row (it would shift every tail).
             ids = processed["input_ids"][0][processed["attention_mask"][0].bool()].tolist()
             tokens_only = not images and set(processed) <= {"input_ids", "attention_mask"}
-            return Encoded(ids, self.tokens.labels_for(text, spans, ids, images), text, tokens_only)
+            return Encoded(ids, self.labels_for(text, spans, ids, images), text, tokens_only)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         if all(example.get("row_ids") for example in examples):
@@ -122,7 +141,7 @@ class CompletionOnlyCollator:
         batch = self._process([text for text, _ in rendered], images if any(images) else None)
         # Every row's tails in one tokenizer call (a call per row costs more than the tokenizing itself).
         tails = [self.tokens.tails(text, [c for span in spans for c in span], len(imgs))
-                 for (text, spans), imgs in zip(rendered, images)]
+                 if self.completion_only_loss else [] for (text, spans), imgs in zip(rendered, images)]
         flat = [tail for row_tails in tails for tail in row_tails]
         flat_ids = iter(self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
         tail_ids = [[next(flat_ids) for _ in row_tails] for row_tails in tails]
@@ -132,7 +151,7 @@ class CompletionOnlyCollator:
             length = lengths[row]  # right padding: the row is its first `length` tokens
             self.check_length(example, length)
             with located(example):
-                row_labels = self.tokens.labels_for(text, spans, all_ids[row][:length], imgs, tail_ids[row])
+                row_labels = self.labels_for(text, spans, all_ids[row][:length], imgs, tail_ids[row])
             labels.append(row_labels + [IGNORE_INDEX] * (len(all_ids[row]) - length))  # padding is never learnt
         batch["labels"] = torch.tensor(labels, dtype=batch["input_ids"].dtype)
         return batch

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from sft.errors import UserError
 from sft.families import family_named
+from sft.image_budget import ImageBudget
 from sft.metrics import METRICS, metric_names
 
 TRUNCATION_MODES = ("drop", "shorten_prompt")
@@ -115,6 +116,32 @@ class DataArguments:
         metadata={"help": "The family table entry to use (sft/families.py: e.g. qwen2_5_vl), for a remote-code or "
                   "renamed checkpoint; default: found from the checkpoint's model_type, then its processor class."},
     )
+    # What trains (sft/parts.py): each part of a vision model `frozen`, `lora` or `full` (torchtune's three-way choice).
+    train_vision_tower: str = field(
+        default="frozen", metadata={"help": "The vision encoder: frozen, lora or full."})
+    train_projector: str = field(
+        default="frozen", metadata={"help": "The projector from vision features into the language model: frozen, "
+                                            "lora or full (full beside LoRA trains as PEFT modules_to_save)."})
+    train_language_model: str | None = field(
+        default=None, metadata={"help": "The language model: frozen, lora or full; default lora, or full with "
+                                        "use_peft false."})
+    vision_tower_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the vision tower's parameters (default learning_rate)."})
+    projector_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the projector's parameters (default learning_rate)."})
+    # Image budgets (sft/image_budget.py): set on the family's own processor setting when the processor loads.
+    image_max_pixels: int | None = field(
+        default=None, metadata={"help": "Most pixels of a resized image (the canvas the processor cuts into patches "
+                                        "or tiles), through the family's own setting (README: Image budgets); "
+                                        "default: the processor's. Refused for families of one fixed image size."})
+    image_min_pixels: int | None = field(
+        default=None, metadata={"help": "Fewest pixels of a resized image (small images are scaled up), where the "
+                                        "family's processor has such a setting; default: the processor's."})
+
+    @property
+    def image_budget(self) -> ImageBudget:
+        """image_min_pixels and image_max_pixels, for sft.model.load_processor_and_family."""
+        return ImageBudget(self.image_min_pixels, self.image_max_pixels)
 
     def __post_init__(self):
         if isinstance(self.column_map, str):
@@ -146,5 +173,11 @@ class DataArguments:
             raise UserError(f"eval_split_size must be a share in (0, 1) or a whole number of rows, got {size}")
         if self.family is not None:
             family_named(self.family)  # an unknown name is refused here, before anything loads
+        for key in ("image_min_pixels", "image_max_pixels"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise UserError(f"{key} must be a positive number of pixels, got {getattr(self, key)}")
+        if self.image_min_pixels and self.image_max_pixels and self.image_min_pixels > self.image_max_pixels:
+            raise UserError(f"image_min_pixels {self.image_min_pixels} is above image_max_pixels "
+                            f"{self.image_max_pixels}")
         if self.eval_split_size and (self.eval_file or self.dataset_test_split):
             raise UserError("eval_split_size is set with eval_file or dataset_test_split; give one source of eval rows")

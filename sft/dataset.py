@@ -18,6 +18,7 @@ from datasets import Dataset, Features, Image, List, Value
 
 from sft.collator import located
 from sft.errors import UserError
+from sft.image_budget import dropped_for_images, image_settings, visual_summary, visual_tokens
 from sft.labelling import Labeller
 from sft.messages import text_of, with_text
 from sft.rows import RowError, iter_rows
@@ -113,6 +114,8 @@ def measure(example: dict, collator: Labeller, max_length: int | None, mode: str
     return {
         "messages": example["messages"], "status": status, "length": len(encoded.input_ids),
         "image_count": len(images),
+        "image_tokens": visual_tokens(collator.tokenizer, getattr(collator, "image_token", None), encoded.text,
+                                      encoded.input_ids) if images else 0,
         # A text row's ids and labels, placed once here for the collator (empty where the processor makes more).
         "row_ids": encoded.input_ids if encoded.tokens_only else [],
         "row_labels": encoded.labels if encoded.tokens_only else [],
@@ -126,6 +129,8 @@ class FitReport:
 
     name: str
     counts: Counter
+    image_dropped: int = 0  # of the dropped rows, those whose text alone fits ("dropped: image tokens")
+    visual: str = ""  # the image rows' visual token counts (sft.image_budget.visual_summary)
 
     @property
     def total(self) -> int:
@@ -138,22 +143,31 @@ class FitReport:
     def __str__(self) -> str:
         c = self.counts
         return (f"{self.name}: {self.total} rows, {c['ok']} kept, {c['truncated']} prompt-shortened, "
-                f"{c['dropped']} dropped (too long for max_length)")
+                f"{c['dropped']} dropped ({c['dropped'] - self.image_dropped} text too long for max_length; "
+                f"{self.image_dropped} dropped: image tokens, their text alone fits)"
+                + (f"; {self.visual}" if self.visual else ""))
 
 
 def fit_to_length(dataset: Dataset, collator: Labeller, max_length: int | None, mode: str,
                   name: str, num_proc: int | None = None) -> tuple[Dataset, FitReport]:
     """Measure every row, drop or shorten the ones that do not fit, and report the counts."""
-    # `measured-v3`: the measured columns (image_count, row_ids, row_labels); a cache written before lacks them.
+    # `measured-v4`: the measured columns (image_count, image_tokens, row_ids, row_labels); a cache written before
+    # lacks them. The image processor's settings (an image budget) change the rows' lengths.
+    # completion_only_loss: the stored row_labels are the replies' or the whole conversation's.
     fingerprint = hashlib.sha256(
-        f"{dataset._fingerprint}|{collator.tokenizer.name_or_path}|{max_length}|{mode}|{collator.date_string}|measured-v3"
-        .encode()).hexdigest()[:32]
+        f"{dataset._fingerprint}|{collator.tokenizer.name_or_path}|{max_length}|{mode}|{collator.date_string}|measured-v4"
+        f"|{image_settings(collator.processing_class)}"
+        f"{'' if collator.completion_only_loss else '|whole-conversation'}".encode()).hexdigest()[:32]
     measured = dataset.map(
         measure, fn_kwargs=dict(collator=collator, max_length=max_length, mode=mode),
         num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) > 64 else None,
         new_fingerprint=fingerprint, desc=f"measuring {name} rows",
     )
-    report = FitReport(name, Counter(measured["status"]))
+    columns = measured.select_columns(["status", "length", "image_tokens", "image_count"]).to_dict()
+    fits = zip(columns["status"], columns["length"], columns["image_tokens"])
+    visual = [tokens for tokens, count in zip(columns["image_tokens"], columns["image_count"]) if count]
+    report = FitReport(name, Counter(columns["status"]), sum(dropped_for_images(*fit, max_length) for fit in fits),
+                       visual_summary(visual))
     kept = measured.filter(lambda status: status != "dropped", input_columns="status",
                            new_fingerprint=fingerprint + "-kept")
     return kept, report

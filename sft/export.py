@@ -18,11 +18,13 @@ from sft.artifacts import (
     base_model_path,
     check_architecture,
     copy_processor_files,
+    is_full_run,
     read_run,
     staged_folder,
 )
 from sft.errors import UserError
-from sft.model import model_class_for
+from sft.image_budget import match_model_to_processor
+from sft.model import load_processor, model_class_for
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -79,9 +81,25 @@ model = PeftModel.from_pretrained(base_model, "<this folder>")
 """
 
 
+def export_model(run: Path, out: Path, force: bool = False) -> Path:
+    """A full fine-tune's export: the model it saved (config, weights) with its processor and manifest."""
+    with staged_folder(out, force) as staging:
+        for path in run.iterdir():
+            if path.is_file() and (path.name.startswith("model") or path.name in ("config.json",
+                                                                                  "generation_config.json")):
+                shutil.copy2(path, staging / path.name)
+        copy_processor_files(run, staging)
+    return out
+
+
 def export_adapter(run: str | Path, out: str | Path, force: bool = False, state_dict: bool = False) -> Path:
-    """Adapter + processor + manifest + model card in `out`; `state_dict` adds the bare LoRA state dict."""
+    """Adapter + processor + manifest + model card in `out`; `state_dict` adds the bare LoRA state dict. A full
+    fine-tune (no adapter) exports its model."""
     run, out = Path(run), Path(out)
+    if is_full_run(run):
+        if state_dict:
+            raise UserError(f"{run}: a full fine-tune has no LoRA state dict; drop --state-dict")
+        return export_model(run, out, force)
     info = read_run(run)
     base = base_model_path(run, info)
     with staged_folder(out, force) as staging:
@@ -104,9 +122,13 @@ def merge(run: str | Path, out: str | Path, dtype: str = "bf16", force: bool = F
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     run, out = Path(run), Path(out)
+    if is_full_run(run):
+        raise UserError(f"{run}: a full fine-tune (no adapter): nothing to merge; the run folder is the model "
+                        "(sft predict, or copy it out with sft export-adapter)")
     with staged_folder(out, force) as staging:
         model, _ = load_with_adapter(run, DTYPES[dtype])
         merged = model.merge_and_unload()
+        match_model_to_processor(merged, load_processor(str(run), merged.config))  # a budget's grids (LLaVA-NeXT)
         merged.save_pretrained(staging, max_shard_size="2GB")
         copy_processor_files(run, staging)
     leftover = [p.name for p in out.iterdir() if p.name.startswith("adapter_")]

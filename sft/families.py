@@ -45,6 +45,10 @@ class Family:
     packing_refusal: str = ""
     packing_max_tokens: int | None = None  # exact only up to this many tokens in one packed sequence
     packing_images: bool = True  # False: only text rows pack exactly (image rows refused for `packing_refusal`)
+    # The processor setting a recipe's image_max_pixels / image_min_pixels go to (sft/image_budget.py IMAGE_BUDGETS):
+    # "pixels" (Qwen's min/max pixel counts), "longest_edge", "tiled_longest_edge", "pinpoints", "max_patches",
+    # "dynamic_hd", "soft_tokens"; "fixed_size" / "fixed_tiles": refused, the image size cannot change; None: unknown.
+    image_budget: str | None = None
     found_by: str = "the family table"  # how find_family chose it (printed once in the run log, in the manifest)
 
     @property
@@ -60,7 +64,7 @@ FAMILIES = (
     Family("llama", ("llama",), "meta-llama/Llama-3.2-1B-Instruct", "<|eot_id|>"),
     Family("mllama", ("mllama",), "meta-llama/Llama-3.2-11B-Vision-Instruct", "<|eot_id|>",
            vision_tower=("vision_model",), projector=("multi_modal_projector",),
-           extra_inputs=("cross_attention_mask", "aspect_ratio_ids", "aspect_ratio_mask"),
+           extra_inputs=("cross_attention_mask", "aspect_ratio_ids", "aspect_ratio_mask"), image_budget="fixed_tiles",
            # transformers 5.23's torchvision MllamaImageProcessor returns one aspect_ratio_ids row for a batch of
            # an image row and a text row (pixel_values has two); the PIL one returns two.
            processor_kwargs={"backend": "pil"},
@@ -69,79 +73,85 @@ FAMILIES = (
                                                  "next example in the sequence"),
     # SmolVLM (Idefics3 architecture) and SmolVLM2 (`smolvlm`: the same template with a video branch).
     Family("idefics3", ("idefics3", "smolvlm"), "HuggingFaceTB/SmolVLM-256M-Instruct", "<end_of_utterance>",
-           vision_tower=("vision_model",), projector=("connector",), extra_inputs=("pixel_attention_mask",)),
+           vision_tower=("vision_model",), projector=("connector",), extra_inputs=("pixel_attention_mask",),
+           image_budget="tiled_longest_edge"),
     # Qwen-VL: the vision tower and its patch merger (the projector) both live under `model.visual`; the template
     # writes `<|vision_start|><|image_pad|><|vision_end|>` per image, one `<|image_pad|>` (processor.image_token)
     # that the processor expands to the image's patch count. mm_token_type_ids marks those tokens for M-RoPE.
     Family("qwen2_vl", ("qwen2_vl",), "Qwen/Qwen2-VL-2B-Instruct", "<|im_end|>",
            vision_tower=("visual",), projector=("merger",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
-           packing="mrope"),
+           packing="mrope", image_budget="pixels"),
     Family("qwen2_5_vl", ("qwen2_5_vl",), "Qwen/Qwen2.5-VL-3B-Instruct", "<|im_end|>",
            vision_tower=("visual",), projector=("merger",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
-           packing="mrope"),
+           packing="mrope", image_budget="pixels"),
     # Qwen3-VL shares Qwen3VLProcessor with Qwen3.5 (so family_for_processor finds this entry for both) and has
     # -Thinking checkpoints; `</think>` is an ordinary added token, so decoding keeps it and what came before it.
     Family("qwen3_vl", ("qwen3_vl",), "Qwen/Qwen3-VL-2B-Instruct", "<|im_end|>",
            vision_tower=("visual",), projector=("merger", "deepstack_merger_list"),
-           extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>", packing="mrope"),
+           extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>", packing="mrope",
+           image_budget="pixels"),
     # Qwen3.5 (thinking on or off by its template): the closing token is the same; with thinking on, the last
     # reply's supervised text starts with the rest of the empty thinking block ("\n</think>\n\n").
     Family("qwen3_5", ("qwen3_5",), "Qwen/Qwen3.5-2B", "<|im_end|>",
            vision_tower=("visual",), projector=("merger",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
-           reasoning_end="</think>",
+           reasoning_end="</think>", image_budget="pixels",
            packing=None, packing_refusal="its linear-attention (Gated DeltaNet) layers carry their state from one "
                                          "example into the next"),
     # The template writes <IMG_CONTEXT> per image (processor.image_token), expanded to <img> + tiles + </img>.
     Family("internvl3", ("internvl",), "OpenGVLab/InternVL3-1B-hf", "<|im_end|>",
-           vision_tower=("vision_tower",), projector=("multi_modal_projector",)),
+           vision_tower=("vision_tower",), projector=("multi_modal_projector",), image_budget="max_patches"),
     # The template writes [IMG] per image; PixtralProcessor expands it to rows of [IMG] + [IMG_BREAK] ... [IMG_END]
     # and returns image_sizes, which the vision tower needs to cut each image's patches back out.
     Family("mistral3", ("mistral3",), "mistralai/Mistral-Small-3.1-24B-Instruct-2503", "</s>",
-           vision_tower=("vision_tower",), projector=("multi_modal_projector",), extra_inputs=("image_sizes",)),
+           vision_tower=("vision_tower",), projector=("multi_modal_projector",), extra_inputs=("image_sizes",),
+           image_budget="longest_edge"),
     # The template writes <|image|> per image; Llama4Processor expands it to tiles of <|patch|> and drops its
     # aspect_ratios (not a model input). Its NoPE layers scale attention by the absolute index in the sequence
     # (attn_temperature_tuning), which stays 1 below floor_scale 8192: packed rows are exact up to there.
     Family("llama4", ("llama4",), "meta-llama/Llama-4-Scout-17B-16E-Instruct", "<|eot|>",
-           vision_tower=("vision_model",), projector=("multi_modal_projector",), packing_max_tokens=8191),
+           vision_tower=("vision_model",), projector=("multi_modal_projector",), packing_max_tokens=8191,
+           image_budget="max_patches"),
     # Gemma 3: the processor's image_token is the boi token `<start_of_image>` the template writes, expanded to
     # `\n\n<start_of_image>` + soft tokens + `<end_of_image>\n\n`; token_type_ids mark the image tokens and the
     # model's training forward needs them on every row (text-only rows too).
     Family("gemma3", ("gemma3",), "google/gemma-3-4b-it", "<end_of_turn>",
            vision_tower=("vision_tower",), projector=("multi_modal_projector",), extra_inputs=("token_type_ids",),
-           packing=None, packing_refusal=GEMMA_SLIDING_IMAGES),
+           image_budget="fixed_size", packing=None, packing_refusal=GEMMA_SLIDING_IMAGES),
     # Gemma 4: its generation prompt adds an empty thought channel (`<|channel>thought\n<channel|>`) that a turn in
     # the conversation lacks, so the span starts after `<|turn>model\n`; mm_token_type_ids mark the image tokens.
     Family("gemma4", ("gemma4",), "google/gemma-4-E2B-it", "<turn|>",
            vision_tower=("vision_tower",), projector=("embed_vision",), other_towers=("audio_tower", "embed_audio"),
            extra_inputs=("mm_token_type_ids", "image_position_ids"),
-           packing=None, packing_refusal=GEMMA_SLIDING_IMAGES),
+           image_budget="soft_tokens", packing=None, packing_refusal=GEMMA_SLIDING_IMAGES),
     # PaliGemma 2 checkpoints ship no chat template: one prompt and one answer go through the processor's own
     # prefix/suffix call (sft/prefix_suffix.py): image tokens + <bos> + prompt + "\n" attended bidirectionally,
     # answer + <eos> causally, token_type_ids telling the model which is which.
     Family("paligemma", ("paligemma",), "google/paligemma2-3b-pt-448", "<eos>",
            vision_tower=("vision_tower",), projector=("multi_modal_projector",), extra_inputs=("token_type_ids",),
-           labels="prefix_suffix",
+           labels="prefix_suffix", image_budget="fixed_size",
            packing=None, packing_refusal="every example's prefix would get the same block id, so prefixes would "
                                          "attend across examples"),
     # LLaVA-1.5: `USER: <image>\n... ASSISTANT: reply` with no token closing the reply; the collator inserts EOS.
     Family("llava", ("llava",), "llava-hf/llava-1.5-7b-hf", "</s>",
-           vision_tower=("vision_tower",), projector=("multi_modal_projector",)),
+           vision_tower=("vision_tower",), projector=("multi_modal_projector",), image_budget="fixed_size"),
     # LLaVA-NeXT (Mistral): `[INST] <image>\n... [/INST] reply</s>`; image_sizes tells the model each image's tiling.
-    # The learnt `image_newline` vector, appended after each row of image features, belongs with the projector.
+    # Its learnt `image_newline` vector (a loose parameter of the model, read after each row of image features)
+    # counts as the language model's, like its token embeddings: PEFT's modules_to_save saves modules only.
     Family("llava_next", ("llava_next",), "llava-hf/llava-v1.6-mistral-7b-hf", "</s>",
-           vision_tower=("vision_tower",), projector=("multi_modal_projector", "image_newline"),
-           extra_inputs=("image_sizes",)),
+           vision_tower=("vision_tower",), projector=("multi_modal_projector",),
+           extra_inputs=("image_sizes",), image_budget="pinpoints"),
     Family("llava_onevision", ("llava_onevision",), "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "<|im_end|>",
-           vision_tower=("vision_tower",), projector=("multi_modal_projector", "image_newline"),
-           extra_inputs=("image_sizes", "batch_num_images")),
+           vision_tower=("vision_tower",), projector=("multi_modal_projector",),
+           extra_inputs=("image_sizes", "batch_num_images"), image_budget="pinpoints"),
     # Phi-4-multimodal: `<|user|><|image|>...<|end|><|assistant|>reply<|end|>` with no whitespace anywhere; the
     # image tower, its projection and the audio tower all live under `model.embed_tokens_extend`, and the language
-    # model fuses q/k/v into one `qkv_proj`.
+    # model fuses q/k/v into one `qkv_proj`. Its image separator vectors (loose parameters of `image_embed`) count
+    # as the language model's, as LLaVA-NeXT's image_newline does.
     Family("phi4_multimodal", ("phi4_multimodal",), "microsoft/Phi-4-multimodal-instruct", "<|end|>",
-           vision_tower=("img_processor",), other_towers=("audio_embed",),
-           projector=("img_projection_up", "img_projection_down", "global_img_feature_extensor",
-                      "sub_img_feature_extensor"),
-           pixel_input="image_pixel_values", extra_inputs=("image_sizes", "image_attention_mask")),
+           vision_tower=("img_processor",), projector=("img_projection_up", "img_projection_down"),
+           other_towers=("audio_embed",),
+           pixel_input="image_pixel_values", extra_inputs=("image_sizes", "image_attention_mask"),
+           image_budget="dynamic_hd"),
 )
 
 

@@ -12,6 +12,7 @@ from datasets import Dataset
 from sft.collator import IGNORE_INDEX
 from sft.dataset import measure
 from sft.errors import UserError
+from sft.image_budget import dropped_for_images, visual_summary
 from sft.labelling import Labeller
 from sft.packing import pack_rows, packing_mode
 from sft.recipe import Recipe
@@ -48,18 +49,24 @@ def check(recipe: Recipe, collator: Labeller) -> int:
     """Validate every row of every data source; print each problem and a summary. Returns the exit code."""
     failed = False
     for name, source in split_sources(recipe.data):
-        counts, errors, supervised = Counter(), 0, 0
+        counts, errors, supervised, visual = Counter(), 0, 0, []
+        max_length = recipe.training.max_length
         for result in inspect_rows(recipe, collator, source, with_labels=False):
             if isinstance(result, RowError):
                 print(result, file=sys.stderr)
                 errors += 1
                 continue
-            counts[result[1]["fit"]["status"]] += 1
-            supervised += result[1]["fit"]["supervised_tokens"]
-        total = sum(counts.values()) + errors
+            fit = result[1]["fit"]
+            counts[fit["status"]] += 1
+            counts["image_dropped"] += dropped_for_images(fit["status"], fit["length"], fit["image_tokens"], max_length)
+            supervised += fit["supervised_tokens"]
+            visual += [fit["image_tokens"]] if fit["image_count"] else []
+        total = sum(counts[status] for status in ("ok", "truncated", "dropped")) + errors
+        image_dropped = counts["image_dropped"]
         print(f"{name} {source.name}: {total} rows, {counts['ok']} ok, {counts['truncated']} prompt-shortened, "
-              f"{counts['dropped']} dropped (too long for max_length {recipe.training.max_length}), "
-              f"{errors} bad; {supervised} supervised tokens")
+              f"{counts['dropped']} dropped ({counts['dropped'] - image_dropped} text too long for max_length "
+              f"{max_length}; {image_dropped} dropped: image tokens, their text alone fits), "
+              f"{errors} bad; {supervised} supervised tokens" + (f"; {visual_summary(visual)}" if visual else ""))
         dropped_share = counts["dropped"] / total if total else 0.0
         if errors or total == 0 or dropped_share > recipe.data.max_dropped_fraction:
             failed = True
@@ -82,6 +89,9 @@ def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split
         raise UserError(f"the recipe has no {split} data (eval_file or dataset_test_split)")
     colour = sys.stdout.isatty() if colour is None else colour
     bad, told_eos, kept = 0, False, []
+    if not collator.completion_only_loss:
+        print("note: completion_only_loss false: the whole conversation is supervised, except padding, image "
+              "placeholders and each row's first token (nothing precedes it)", file=sys.stderr)
     for result in inspect_rows(recipe, collator, source, limit):
         if isinstance(result, RowError):
             print(result, file=sys.stderr)

@@ -25,6 +25,7 @@ class Labeller(Protocol):
     tokenizer: object  # the text tokenizer (decoding, counting reference tokens)
     processing_class: object  # the processor (or the tokenizer of a text model) saved with the run
     date_string: str | None  # what the template got for `date_string` (part of the dataset cache key)
+    completion_only_loss: bool  # TRL's key: False supervises the whole conversation but image placeholders (too)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """A training batch: every processor tensor, plus `labels` (-100 wherever nothing is supervised)."""
@@ -52,6 +53,7 @@ STRATEGIES: dict[str, type] = {"chat_template": CompletionOnlyCollator, "prefix_
 
 
 def make_collator(processing_class, family: Family | None = None, **kwargs) -> Labeller:
-    """The labeller of this family (found from the processor's class when none is passed)."""
+    """The labeller of this family (found from the processor's class when none is passed); `kwargs`: date_string,
+    max_length, pad_to_multiple_of, completion_only_loss (the recipe's keys of those names)."""
     family = family or find_family(None, processing_class)
     return STRATEGIES[family.labels](processing_class, family=family, **kwargs)

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, prepare_model_for_kbit_training
+from peft import prepare_model_for_kbit_training
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -17,11 +17,12 @@ from transformers import (
     BitsAndBytesConfig,
 )
 from trl import ModelConfig
-from trl.trainer.utils import get_peft_config
 
+from sft.chat_template import read_chat_template, with_chat_template
 from sft.errors import UserError
 from sft.families import Family, family_for, find_family
-from sft.targets import lora_targets, not_quantized
+from sft.image_budget import ImageBudget, apply_image_budget
+from sft.targets import not_quantized
 
 
 def is_vision_config(config) -> bool:
@@ -95,22 +96,28 @@ def load_config(model_args: ModelConfig, trust_remote_code: bool = False):
 
 
 def load_processor_and_family(model_args: ModelConfig, trust_remote_code: bool = False,
-                              family_name: str | None = None):
+                              family_name: str | None = None, chat_template_path: str | None = None,
+                              image_budget: ImageBudget | None = None):
     """The processor of a vision model (the tokenizer of a text model) and the model's family: the one lookup of a
-    command (sft.families.find_family), by the recipe's `family:`, the config's model_type or the processor class."""
+    command (sft.families.find_family), by the recipe's `family:`, the config's model_type or the processor class.
+    The recipe's `chat_template_path` replaces the checkpoint's template on both (sft/chat_template.py), and its
+    image budget is set on the processor (sft/image_budget.py)."""
+    template = read_chat_template(chat_template_path)
     config = load_config(model_args, trust_remote_code)
-    return processor_and_family(model_args.model_name_or_path, config, trust_remote_code, family_name)
+    return with_chat_template(*processor_and_family(model_args.model_name_or_path, config, trust_remote_code,
+                                                    family_name, image_budget), template)
 
 
-def processor_and_family(path: str, config, trust_remote_code: bool = False, family_name: str | None = None):
+def processor_and_family(path: str, config, trust_remote_code: bool = False, family_name: str | None = None,
+                         image_budget: ImageBudget | None = None):
     """The processor of the checkpoint at `path` (its `config` loaded) and its family: the recipe's `family:` or the
     model type picks the processor's loading arguments; a model type the table lacks is looked up by the processor's
-    class once it is loaded."""
+    class once it is loaded. `image_budget` goes to the family's image setting (or is refused, in one line)."""
     known = find_family(config.model_type, None, family_name)
     processing_class = load_processor(path, config, trust_remote_code, known)
-    if known.model_types or family_name:
-        return processing_class, known
-    return processing_class, find_family(config.model_type, processing_class)
+    family = known if known.model_types or family_name else find_family(config.model_type, processing_class)
+    apply_image_budget(processing_class, family, image_budget)
+    return processing_class, family
 
 
 # Optional packages that transformers 5.23 asks for when a processor loads, as its error messages name them, and the
@@ -231,13 +238,9 @@ def cast_images_to_vision_dtype(model: torch.nn.Module, family: Family) -> None:
         )
 
 
-def lora_config(model_args: ModelConfig, model: torch.nn.Module, family: Family) -> LoraConfig | None:
-    """LoRA from the recipe (TRL's ModelConfig keys); None when `use_peft` is off. Its target modules are the ones
-    chosen on this loaded model (sft.targets.lora_targets), by full name, so PEFT wraps exactly those."""
-    config = get_peft_config(model_args)
-    if config is not None:
-        config.target_modules = [name for name, _ in lora_targets(model, family, model_args.lora_target_modules)]
-        if not config.target_modules:
-            raise UserError(f"lora_target_modules {model_args.lora_target_modules!r} matches no linear layer of "
-                            f"{model_args.model_name_or_path}")
-    return config
+def meta_model(model_args: ModelConfig, trust_remote_code: bool = False):
+    """The checkpoint's architecture on PyTorch's meta device (no memory, no weights): its module names decide the
+    LoRA targets and saved modules before any weights load, so a bad choice is refused first."""
+    config = load_config(model_args, trust_remote_code)
+    with torch.device("meta"):
+        return model_class_for(config).from_config(config, trust_remote_code=trust_remote_code)

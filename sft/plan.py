@@ -26,6 +26,8 @@ from sft.errors import UserError
 from sft.families import find_family
 from sft.model import model_class_for
 from sft.packing import packing_mode, refuse_unpackable
+from sft.part_memory import PartCosts, part_costs
+from sft.parts import refuse_untold
 from sft.recipe import Recipe
 from sft.targets import is_quantized, lora_targets
 
@@ -91,6 +93,8 @@ class Plan:
     packed: str | None = None  # packing / padding_free: a micro-batch is one sequence of batch x max_length tokens
     mask_bytes: int = 0  # bytes a query-key pair of a packed sequence's block mask takes (0: flash attention)
     decisions: list[str] = field(default_factory=list)  # what the plan chose for `auto` keys, and why
+    parts: PartCosts | None = None  # what each part's choice trains and costs (sft/part_memory.py)
+    choices: str = ""  # the recipe's parts, e.g. "vision_tower frozen, projector full, language_model lora"
 
     def memory(self, batch: int | None = None) -> dict[str, tuple[float, float]]:
         """Component -> (bytes with checkpointing, bytes without) for a micro-batch of `batch` rows."""
@@ -105,6 +109,11 @@ class Plan:
         memory["logits tiles and loss"] = (tokens * self.logit_token_bytes,) * 2
         if self.packed and self.mask_bytes:  # sdpa/eager get the block-diagonal mask as a dense (L x L) tensor
             memory["block mask of the packed sequence"] = (self.mask_bytes * tokens**2,) * 2
+        vision = self.parts.vision_patches * batch * self.parts.vision_hidden if self.parts else 0
+        if vision:  # a trainable vision tower keeps its activations, one image a row
+            layers = self.parts.vision_layers
+            memory[f"activations (vision tower, {batch} x {self.parts.vision_patches} patches)"] = (
+                vision * (2 * layers + 34), vision * 34 * layers)
         return memory
 
     def total(self, checkpointing: bool, batch: int | None = None) -> float:
@@ -124,6 +133,7 @@ def make_plan(recipe: Recipe) -> Plan:
     model, config = build_on_meta(model_args.model_name_or_path)
     family = find_family(config.model_type, None, recipe.data.family)
     refuse_unpackable(family, args)
+    refuse_untold(family, recipe.parts)
     text = config.get_text_config()
     bits = 8 if model_args.load_in_8bit else 4 if model_args.load_in_4bit else 16
     dtype_bytes = DTYPE_BYTES.get(recipe.declared_dtype, 2)
@@ -133,7 +143,8 @@ def make_plan(recipe: Recipe) -> Plan:
     if bits < 16:
         quantized = sum(m.weight.numel() for n, m in model.named_modules()
                         if isinstance(m, torch.nn.Linear) and is_quantized(n, family))
-    targets = lora_targets(model, family, model_args.lora_target_modules) if model_args.use_peft else []
+    parts = recipe.parts
+    targets = lora_targets(model, family, model_args.lora_target_modules, parts) if parts.uses_peft else []
     lora = sum(model_args.lora_r * (m.in_features + m.out_features) for _, m in targets)
 
     quantized_bytes = quantized * (1 if bits == 8 else 0.5 + 4 / 64)  # 4-bit: fp32 absmax per 64-value block
@@ -141,6 +152,8 @@ def make_plan(recipe: Recipe) -> Plan:
     # unless kbit_fp32_upcast is set (sft.model.prepare_quantized).
     kept_bytes = 4 if bits < 16 and recipe.data.kbit_fp32_upcast else dtype_bytes
     weights = quantized_bytes + (total - quantized) * kept_bytes
+    costs = part_costs(model, config, family, parts, targets, model_args.lora_r, kept_bytes,
+                       recipe.data.image_max_pixels)
     hidden, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
     max_length = args.max_length or 1024
     attention = model_args.attn_implementation or "sdpa"
@@ -150,6 +163,7 @@ def make_plan(recipe: Recipe) -> Plan:
         [name for name, _ in targets], total, quantized, lora,
         fixed={f"weights ({bits}-bit linear layers)" if bits < 16 else "weights": weights,
                "LoRA weights + grads + AdamW (fp32)": lora * 16,
+               "full parts: fp32 weights + grads + AdamW": costs.full_state_bytes,
                "CUDA context + allocator slack": CUDA_CONTEXT_BYTES + (INT8_ALLOCATOR_SLACK if bits == 8 else 0)},
         layers=layers,
         layer_token_bytes=(34 + (INT8_TOKEN_LAYER_HIDDEN_BYTES if bits == 8 else 0)) * hidden,
@@ -158,7 +172,8 @@ def make_plan(recipe: Recipe) -> Plan:
         max_length=max_length, batch=args.per_device_train_batch_size,
         accumulation=args.gradient_accumulation_steps, gpu_memory_gib=recipe.data.gpu_memory_gib,
         gradient_checkpointing=bool(args.gradient_checkpointing), eager_heads=heads if attention == "eager" else 0,
-        packed=packing_mode(args), mask_bytes=0 if attention.startswith("flash") else dtype_bytes)
+        packed=packing_mode(args), mask_bytes=0 if attention.startswith("flash") else dtype_bytes,
+        parts=costs, choices=parts.describe())
     choose(plan, recipe)
     return plan
 

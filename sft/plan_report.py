@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import json
 
+from sft.parts import PARTS
 from sft.plan import GIB, Plan
 from sft.targets import describe_targets
+
+
+def trains(plan: Plan) -> list[str]:
+    """One line a part: its choice, and the parameters that train of those it has."""
+    choices = dict(item.rsplit(" ", 1) for item in plan.choices.split(", "))
+    costs = plan.parts
+    return [f"  {part:<16}{choices[part]:<8}{costs.trainable[part]:>15,} of {costs.params[part]:>15,} parameters train"
+            for part in PARTS] + ([f"  vision tower activations: {costs.why_patches}"] if costs.vision_patches else [])
 
 
 def render(plan: Plan) -> str:
@@ -16,6 +25,8 @@ def render(plan: Plan) -> str:
         f"LoRA on     {describe_targets(plan.lora_modules) if plan.lora_modules else 'nothing (use_peft false)'}",
         f"parameters  {plan.total_params:,} total ({plan.total_params / 1e9:.2f} B); "
         f"{plan.quantized_params:,} quantized; LoRA trainable {plan.lora_params:,} ({share:.3%})",
+        "what trains",
+        *trains(plan),
         "",
         f"{'memory per GPU (GiB)':<44}{'checkpointing':>14}{'without':>10}",
     ]
@@ -35,6 +46,9 @@ def as_json(plan: Plan) -> str:
     return json.dumps({"model": plan.name, "architecture": plan.architecture, "family": plan.family,
                        "lora_modules": plan.lora_modules, "total_params": plan.total_params,
                        "quantized_params": plan.quantized_params, "lora_params": plan.lora_params,
+                       "parts": {part: {"choice": choice, "params": plan.parts.params[part],
+                                        "trainable": plan.parts.trainable[part]}
+                                 for part, choice in (item.rsplit(" ", 1) for item in plan.choices.split(", "))},
                        "memory_gib": {k: {"checkpointing": a / GIB, "without": b / GIB}
                                       for k, (a, b) in plan.memory().items()},
                        "total_gib": plan.total(plan.gradient_checkpointing) / GIB, "fits": plan.fits,

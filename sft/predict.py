@@ -10,6 +10,7 @@ from sft.dataset import raise_on_errors
 from sft.errors import UserError
 from sft.export import load_base, load_with_adapter
 from sft.generation import generate_replies, max_reply_tokens, reference
+from sft.image_budget import match_model_to_processor
 from sft.labelling import make_collator
 from sft.metrics import default_metrics, score
 from sft.model import processor_and_family
@@ -22,16 +23,16 @@ def load_for_inference(path: str | Path):
     run found it (its recorded `family:` key, else the model type, else the processor class)."""
     path = Path(path)
     if (path / "adapter_config.json").is_file():
-        model, info = load_with_adapter(path)
-        date_string = info["manifest"].get("recipe", {}).get("data", {}).get("date_string")
-    elif (path / "config.json").is_file():
+        model, _ = load_with_adapter(path)
+    elif (path / "config.json").is_file():  # a merged folder, or a full fine-tune's run
         model, _ = load_base(str(path))
         model.eval()
-        date_string = None
     else:
         raise UserError(f"{path}: neither a run dir (adapter_config.json) nor a model folder (config.json)")
-    named = _manifest(path).get("recipe", {}).get("data", {}).get("family")
+    recorded = _manifest(path).get("recipe", {}).get("data", {})
+    named, date_string = recorded.get("family"), recorded.get("date_string")
     processing_class, family = processor_and_family(str(path), model.config, family_name=named)
+    match_model_to_processor(model, processing_class)  # the grids the run's image budget left (LLaVA-NeXT)
     return model, processing_class, date_string or DataArguments.date_string, family
 
 

@@ -8,7 +8,8 @@ processor also returns `labels`; they are rebuilt here from `token_type_ids` and
 is never learnt whatever the tokenizer pads its type ids with, and dropped for generation (`generate` would pass them
 to every forward).
 
-Such a model takes one prompt, one answer and at least one image per row: other shapes are refused in one line.
+Such a model takes one prompt, one answer and at least one image per row: other shapes are refused in one line, as
+is `completion_only_loss: false` (whole-conversation labels would ask it to predict prefix tokens it already sees).
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ class PrefixSuffixCollator(CompletionOnlyCollator):
     """Batches of one prompt + image(s) → one answer, through the processor's own prefix/suffix path."""
 
     needs_chat_template = False
+
+    def __init__(self, processing_class, family=None, **kwargs):
+        super().__init__(processing_class, family, **kwargs)
+        if not self.completion_only_loss:  # refused rather than honoured: a prefix token could only be copied
+            raise UserError(f"completion_only_loss false: {self.family.name} attends to its prompt in both "
+                            "directions (token type 0), so each prompt token is visible where it would be "
+                            "predicted; it trains on the answer only (leave completion_only_loss unset)")
 
     def prefix_and_suffix(self, messages: list[dict]) -> tuple[str, str | None]:
         """The processor's `text` (image markers + prompt) and `suffix` (the answer; None when the row has none)."""

@@ -17,6 +17,7 @@ from trl import ModelConfig, SFTConfig, TrlParser
 
 from sft.data_arguments import DataArguments
 from sft.errors import UserError
+from sft.parts import DEFAULT_PARTS, Parts, choose_parts
 from sft.trl_keys import check_trl_keys
 
 # The toolkit's defaults where they differ from TRL's (a recipe or the command line overrides each).
@@ -56,6 +57,7 @@ class Recipe:
     declared_dtype: str | None = None  # the recipe's dtype before any CPU fallback (what `sft plan` plans for)
     auto: frozenset[str] = frozenset()  # keys set to `auto`, chosen by the plan (sft.plan.apply_auto)
     auto_choices: dict = field(default_factory=dict)  # key -> {"value", "why"}, once chosen (written to the manifest)
+    parts: Parts = DEFAULT_PARTS  # what trains (sft/parts.py)
 
 
 def _parse(parser: TrlParser, overrides: list[str] | None, path: Path | None):
@@ -171,6 +173,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
     if extra:
         raise UserError(f"unexpected arguments: {' '.join(extra)}")
     check_trl_keys(training, model, notices)
+    parts = choose_parts(data, model)
     if data.train_file is None and data.dataset_name is None:
         raise UserError(f"{path or 'recipe'}: train_file is required (or dataset_name)")
     if not cuda and (training.bf16 or training.fp16):
@@ -185,5 +188,5 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
                             "on one GPU), e.g. effective_batch_size: 4")
         data.effective_batch_size = int(stated["per_device_train_batch_size"]) * training.gradient_accumulation_steps
     return Recipe(path=path, data=data, training=training, model=model, notices=notices,
-                  declared_dtype=declared_dtype, auto=frozenset(auto))
+                  declared_dtype=declared_dtype, auto=frozenset(auto), parts=parts)
 

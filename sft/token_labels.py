@@ -8,6 +8,7 @@ before it (an image follows, whose expansion only the processor knows), and chec
 from __future__ import annotations
 
 from collections.abc import Callable
+from difflib import SequenceMatcher
 
 from sft.errors import UserError
 
@@ -17,10 +18,11 @@ IGNORE_INDEX = -100
 class TokenLabels:
     """Places supervised character spans on a row's token ids."""
 
-    def __init__(self, tokenizer, image_token: str | None, process: Callable):
+    def __init__(self, tokenizer, image_token: str | None, process: Callable, placeholder_ids: frozenset = frozenset()):
         self.tokenizer = tokenizer
         self.image_token = image_token
         self.process = process  # (texts, images) -> the processor's batch, for the text before an image
+        self.placeholder_ids = placeholder_ids  # the image marker's and the processor's image/video token ids
 
     def splits_at(self, text: str, char: int) -> bool:
         """Whether the tokenizer puts a token boundary at `char` (checked on the text around it)."""
@@ -87,3 +89,23 @@ class TokenLabels:
         for first, last in zip(bounds[::2], bounds[1::2]):
             labels[first:last] = ids[first:last]  # the reply and its closing token; all else stays -100
         return labels
+
+    def conversation_labels(self, text: str, ids: list[int], images: list) -> list[int]:
+        """`completion_only_loss: false`: `ids` everywhere but the image placeholders and the row's first token.
+
+        An image placeholder is a token the processor's image expansion wrote (one that does not line up with the
+        tokens of the template's own rendering `text`: Idefics3's tile and row tokens, InternVL's <img>, Pixtral's
+        [IMG_BREAK], Gemma 3's soft tokens and the blank lines around them) or a token of the image marker the
+        template writes and the processor's image/video token ids (`placeholder_ids`: Gemma 3's <start_of_image>,
+        Qwen's <|image_pad|>). Everything else the template writes is supervised: system and user turns, role
+        headers, Qwen's <|vision_start|>, each turn's closing token and an EOS inserted after a reply."""
+        keep = range(len(ids))
+        if images:  # the expansion is what the processor's ids add to the rendering's; aligned, never guessed
+            rendered = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            blocks = SequenceMatcher(None, rendered, ids, autojunk=False).get_matching_blocks()
+            keep = {i for block in blocks for i in range(block.b, block.b + block.size)}
+        labels = [token if i in keep and token not in self.placeholder_ids else IGNORE_INDEX
+                  for i, token in enumerate(ids)]
+        # No token precedes the first, so no loss reads its label unpacked; packed, it would be learnt from the row
+        # before it (TRL's padding-free collator masks it too, trl 1.16.0 DataCollatorForLanguageModeling).
+        return [IGNORE_INDEX, *labels[1:]] if labels else labels

@@ -14,15 +14,17 @@ from sft.errors import UserError
 from sft.eval_split import split_rows
 from sft.generation import reference
 from sft.guards import DivergenceGuard, SaveOnInterrupt, check_output_dir, last_checkpoint
+from sft.image_budget import match_model_to_processor
 from sft.labelling import Labeller, make_collator
 from sft.metrics import bleu_tokenizer, check_metric_for_best_model, default_metrics
-from sft.model import liger_unavailable, load_config, load_model, load_processor_and_family, lora_config
+from sft.model import liger_unavailable, load_config, load_model, load_processor_and_family, meta_model
 from sft.packing import PackedBatches, pack_rows, pack_summary, packing_mode, refuse_unpackable
+from sft.parts import PARTS, parameter_counts, refuse_untold, set_trainable
 from sft.plan import apply_auto
 from sft.recipe import Recipe
 from sft.run_outputs import losses, plot_loss, write_manifest
 from sft.sources import split_sources
-from sft.targets import describe_targets, not_quantized
+from sft.targets import describe_targets, lora_config, not_quantized
 from sft.trainer import GenerationMetricsSFTTrainer
 
 
@@ -77,11 +79,13 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     set_seed(args.seed)
 
     # ---- processor, family and collator: the family is found here once and passed on ------------------------
-    processing_class, family = load_processor_and_family(model_args, args.trust_remote_code, data.family)
+    processing_class, family = load_processor_and_family(model_args, args.trust_remote_code, data.family,
+                                                         args.chat_template_path, data.image_budget)
     log(f"family: {family.name}, found by {family.found_by}")
+    refuse_untold(family, recipe.parts)  # a part the table cannot tell apart stays frozen
     refuse_unpackable(family, args)  # packing / padding_free: refused here, before any weights load, if not exact
     collator = make_collator(processing_class, family, date_string=data.date_string, max_length=args.max_length,
-                             pad_to_multiple_of=args.pad_to_multiple_of)
+                             pad_to_multiple_of=args.pad_to_multiple_of, completion_only_loss=args.completion_only_loss)
 
     # ---- output dir: never another run's checkpoints by accident -------------------------------------------
     resume = args.resume_from_checkpoint
@@ -131,18 +135,25 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     if not resume and predictions_dir.is_dir():
         shutil.rmtree(predictions_dir, ignore_errors=True)  # a fresh run: no earlier run's predictions beside it
 
-    # ---- model -------------------------------------------------------------------------------------------------
+    # ---- model: what trains is chosen on the architecture first (meta device), so a bad choice costs no load -----
+    peft_config = lora_config(model_args, meta_model(model_args, args.trust_remote_code), family, recipe.parts)
     model = load_model(model_args, args.gradient_checkpointing, args.trust_remote_code,
                        fp32_upcast=data.kbit_fp32_upcast, int8_threshold=data.llm_int8_threshold, family=family)
-    peft_config = lora_config(model_args, model, family)
+    match_model_to_processor(model, processing_class)  # LLaVA-NeXT: the grids an image budget left (image_budget.py)
+    if peft_config is None:
+        set_trainable(model, family, recipe.parts)  # full fine-tuning of the `full` parts, the rest frozen
     lora_modules = sorted(peft_config.target_modules) if peft_config else []
-    if peft_config:
-        log(f"LoRA on {describe_targets(lora_modules)}")
+    log(f"trains: {recipe.parts.describe()}" + (f"; LoRA on {describe_targets(lora_modules)}" if lora_modules else "")
+        + (f"; saved whole: {', '.join(peft_config.modules_to_save)}" if peft_config and peft_config.modules_to_save
+           else ""))
     if family.packing == "mrope" and isinstance(batches, PackedBatches):
         batches.rope_index = model.model.get_rope_index  # Qwen's M-RoPE positions of each packed example
     model_setup = {"family": family.name, "found_by": family.found_by, "packing": packed, "lora_modules": lora_modules,
+                   "parts": {part: recipe.parts.choice(part) for part in PARTS},
+                   "modules_to_save": list(peft_config.modules_to_save or []) if peft_config else [],
+                   "learning_rates": dict(recipe.parts.learning_rates),
                    "not_quantized": not_quantized(family) if model_args.load_in_8bit or model_args.load_in_4bit
-                   else None}
+                   else None, "params": parameter_counts(model, family)}
 
     # ---- trainer -----------------------------------------------------------------------------------------------
     # The collator builds input_ids and labels itself, so TRL must not tokenize the rows again.
@@ -151,12 +162,18 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     callbacks = [interrupt, divergence, *(extra_callbacks or [])]
     if eval_rows is not None and data.early_stopping_patience > 0 and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=data.early_stopping_patience))
+    # chat_template_path is already on the processor (sft/chat_template.py): TRL must not apply it again.
+    chat_template_path, args.chat_template_path = args.chat_template_path, None
     trainer = GenerationMetricsSFTTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_rows, data_collator=batches,
         processing_class=processing_class, peft_config=peft_config, callbacks=callbacks,
         generation_rows=list(eval_rows) if eval_metrics else None, eval_metrics=eval_metrics,
-        predictions_dir=predictions_dir,
+        predictions_dir=predictions_dir, family=family, parts=recipe.parts,
     )
+    model_setup["trainable_params"] = parameter_counts(trainer.model, family, trainable_only=True)
+    log("trainable parameters: " + ", ".join(f"{part} {count:,}" for part, count in
+                                            model_setup["trainable_params"].items()))
+    args.chat_template_path = chat_template_path  # the manifest's resolved recipe records it
     if packed:  # the manifest's resolved recipe says what was asked (TRL reads both keys only when it is built)
         args.packing, args.padding_free = requested
 

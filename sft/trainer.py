@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -10,8 +11,10 @@ from transformers import Trainer
 from trl import SFTTrainer
 
 from sft.eval_predictions import prediction_records, report_predictions, write_predictions
+from sft.families import Family
 from sft.generation import generate, max_reply_tokens, reference
 from sft.metrics import score
+from sft.parts import Parts, split_learning_rates
 
 
 class GenerationMetricsSFTTrainer(SFTTrainer):
@@ -23,8 +26,10 @@ class GenerationMetricsSFTTrainer(SFTTrainer):
     """
 
     def __init__(self, *args, generation_rows: list[dict] | None = None, eval_metrics: list[str] | None = None,
-                 predictions_dir: str | Path | None = None, **kwargs):
+                 predictions_dir: str | Path | None = None, family: Family | None = None, parts: Parts | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.family, self.parts = family, parts
         self.generation_rows = generation_rows
         self.eval_metrics = list(eval_metrics or [])
         self.predictions_dir = Path(predictions_dir) if predictions_dir is not None else None
@@ -36,6 +41,15 @@ class GenerationMetricsSFTTrainer(SFTTrainer):
         for param in self.model.parameters():
             if param.requires_grad and param.dtype == torch.bfloat16:
                 param.data = param.data.float()
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer, with each part that has its own learning rate in its own parameter groups."""
+        optimizer = super().create_optimizer(model)
+        if self.parts is not None and self.parts.learning_rates:
+            split_learning_rates(optimizer, self.model if model is None else model, self.family, self.parts)
+            rates = sorted({(g["part"], g["lr"]) for g in optimizer.param_groups})
+            print("[sft] learning rates: " + ", ".join(f"{part} {lr:g}" for part, lr in rates), file=sys.stderr)
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # TRL 1.16's fused LM head takes hidden states from `model.base_model`. Llama 4 (transformers 5.23) merges

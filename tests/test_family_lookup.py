@@ -72,7 +72,7 @@ def test_an_unknown_family_trains_through_the_generic_contract_and_says_what_it_
     log = capsys.readouterr().err
     assert log.count("[sft] family: mistral, found by not in the table (config.model_type mistral); assumed: "
                      "labels chat_template, generation stops at EOS only") == 1
-    assert "[sft] LoRA on 8 layers (k_proj, o_proj, q_proj, v_proj)" in log  # 2 layers x q/k/v/o
+    assert "; LoRA on 8 layers (k_proj, o_proj, q_proj, v_proj)" in log  # 2 layers x q/k/v/o
     manifest = json.loads((tmp_path / "run" / "run_manifest.json").read_text())
     assert manifest["model_setup"]["family"] == "mistral"
     assert manifest["model_setup"]["lora_modules"][0] == "model.layers.0.self_attn.k_proj"

@@ -17,9 +17,9 @@ from sft.cli import main as sft
 from sft.errors import UserError
 from sft.families import family_for
 from sft.launch import check_pair, strategy
-from sft.model import lora_config
 from sft.plan import make_plan
 from sft.recipe import load_recipe
+from sft.targets import lora_config
 from tests.conftest import REAL_PROCESSORS, REPO, write_image, write_jsonl, write_recipe
 
 LLAMA_11B = REPO / "recipes/llama11b_construction.yaml"
