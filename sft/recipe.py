@@ -161,7 +161,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
         _cpu_only(config, notices)
     parser.set_defaults_with_config(**config)
     data, training, model, extra = _parse(parser, overrides, path)
-    has_eval = data.eval_file or data.eval_split_size or (data.dataset_name and data.dataset_test_split)
+    has_eval = data.eval_file or data.eval_split_size or (data.dataset_name and data.dataset_test_split) or any(
+        entry.test_split for entry in data.datasets)
     if has_eval and "eval_strategy" not in config and training.eval_strategy == "no":
         # Eval rows (a file, a test split or a held-out share) mean: evaluate and checkpoint each epoch, keep the
         # best (what early stopping needs).
@@ -174,8 +175,12 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
         raise UserError(f"unexpected arguments: {' '.join(extra)}")
     check_trl_keys(training, model, notices)
     parts = choose_parts(data, model)
-    if data.train_file is None and data.dataset_name is None:
-        raise UserError(f"{path or 'recipe'}: train_file is required (or dataset_name)")
+    stated = set(config) | {item[2:].partition("=")[0] for item in overrides if item.startswith("--")}
+    idle = sorted(key for key in stated if key.startswith("lora_") or key in ("use_rslora", "use_dora"))
+    if idle and not parts.uses_peft:
+        notices.append(f"{', '.join(idle)}: no part trains with LoRA ({parts.describe()}), so they do nothing")
+    if data.train_file is None and data.dataset_name is None and not data.datasets:
+        raise UserError(f"{path or 'recipe'}: train_file is required (or dataset_name, or datasets)")
     if not cuda and (training.bf16 or training.fp16):
         raise UserError("bf16/fp16 need a GPU; none was found")
     if training.output_dir in (None, "trainer_output"):

@@ -228,3 +228,10 @@ def test_a_full_fine_tune_exports_its_model_has_nothing_to_merge_and_predicts_as
     from_run = predict(run, tmp_path / "val.jsonl", tmp_path / "a.jsonl", column_map={"completion": "target"})
     from_export = predict(exported, tmp_path / "val.jsonl", tmp_path / "b.jsonl", column_map={"completion": "target"})
     assert from_run["predictions"] == from_export["predictions"]
+
+
+def test_lora_keys_without_a_lora_part_are_said_to_do_nothing(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", model_name_or_path="m", train_file="t.jsonl", lora_r=16)
+    assert [n for n in load_recipe(path).notices if "lora_r" in n] == []
+    full = load_recipe(path, ["--use_peft", "false"])
+    assert [n for n in full.notices if n.startswith("lora_r: no part trains with LoRA")] != []
