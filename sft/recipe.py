@@ -175,8 +175,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cud
         raise UserError(f"unexpected arguments: {' '.join(extra)}")
     check_trl_keys(training, model, notices)
     parts = choose_parts(data, model)
-    stated = set(config) | {item[2:].partition("=")[0] for item in overrides if item.startswith("--")}
-    idle = sorted(key for key in stated if key.startswith("lora_") or key in ("use_rslora", "use_dora"))
+    given = set(config) | {item[2:].partition("=")[0] for item in overrides if item.startswith("--")}
+    idle = sorted(key for key in given if key.startswith("lora_") or key in ("use_rslora", "use_dora"))
     if idle and not parts.uses_peft:
         notices.append(f"{', '.join(idle)}: no part trains with LoRA ({parts.describe()}), so they do nothing")
     if data.train_file is None and data.dataset_name is None and not data.datasets:
