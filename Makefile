@@ -11,7 +11,7 @@ RECIPE ?= recipes/smoke.yaml
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv smoke train plan bench check-data preview test lint clean export-adapter merge predict
+.PHONY: help venv smoke train plan bench check-data preview report test lint clean export-adapter merge predict
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -39,8 +39,11 @@ plan: $(VENV)/.installed  ## parameters and per-GPU memory estimate of RECIPE, n
 check-data: $(VENV)/.installed  ## validate every data row of RECIPE (file:line for each problem)
 	$(SFT) check $(RECIPE) $(ARGS)
 
-preview: $(VENV)/.installed  ## show the supervised tokens of the first rows of RECIPE (LIMIT=5, JSON=1)
-	$(SFT) preview $(RECIPE) --limit $(or $(LIMIT),5) $(if $(JSON),--json) $(ARGS)
+preview: $(VENV)/.installed  ## show the supervised tokens of the first rows of RECIPE (LIMIT=5, JSON=1, HTML=page.html)
+	$(SFT) preview $(RECIPE) $(if $(LIMIT),--limit $(LIMIT)) $(if $(JSON),--json) $(if $(HTML),--html $(HTML)) $(ARGS)
+
+report: $(VENV)/.installed  ## write the report page of the latest run (or RUN=): RUN/report.html
+	$(SFT) report $(RUN)
 
 bench: $(VENV)/.installed  ## benchmark against plain TRL: table + bench_results/bench.json (GPU rows: LLAMA_PROCESSOR=dir)
 	$(PY) bench/bench.py

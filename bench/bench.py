@@ -8,13 +8,14 @@ Rows (each a ratio of medians, both sides in this process or back to back):
 3. training throughput (supervised tokens/s): `sft train` vs a plain TRL SFTTrainer script, tiny text model, same
    rows and steps; where our time goes (data, forward+backward, optimizer).
 4. memory as data grows: peak RSS of building the training dataset and of `sft check`, 10k vs 200k text rows,
-   1k vs 10k image rows (paths in JSONL) and 1k vs 10k rows of a parquet with embedded images.
+   1k vs 10k image rows (paths in JSONL), 1k vs 10k rows of a parquet with embedded images and 1k vs 10k video rows
+   (paths in JSONL, tiny Qwen2.5-VL: every clip opened when rows are read, its frames decoded when measured).
 5. GPU (only with CUDA): see bench/gpu.py.
 6. packing (bench/packing.py): supervised tokens/s and padding share, ours padded vs packed vs padding-free vs plain
    TRL packed on text rows; ours padded vs packed on image rows.
 
 Prints one table and writes bench_results/bench.json with the machine, versions and git commit.
-Usage: python bench/bench.py [--quick] [--out bench_results/bench.json] [--memory-only parquet_image]
+Usage: python bench/bench.py [--quick] [--out bench_results/bench.json] [--memory-only parquet_image|video]
 """
 
 from __future__ import annotations
@@ -289,11 +290,19 @@ def write_memory_rows(kind: str, folder: Path, count: int, rng: random.Random, i
     with path.open("w") as handle:
         for index in range(count):
             row = glossary_rows(1, rng)[0]
-            if kind == "image":
-                row = {"image": str(image_dir / f"{index % 16}.png"), "prompt": "What element is shown?",
-                       "completion": rng.choice(answers)}
+            if kind in ("image", "video"):
+                media = {"image": str(image_dir / f"{index % 16}.png")} if kind == "image" else \
+                    {"video": str(image_dir / f"{index % 16}.mp4")}
+                row = media | {"prompt": "What element is shown?", "completion": rng.choice(answers)}
             handle.write(json.dumps(row) + "\n")
     return path
+
+
+def video_model(work: Path) -> Path:
+    """The tiny Qwen2.5-VL of the family tests (its real processor classes; its chat template from shared/fixtures)."""
+    from tests.families.registry import BY_NAME, build
+
+    return build(BY_NAME["qwen2_5_vl"], work / "qwen2_5_vl")
 
 
 def bench_memory(models: dict[str, Path], work: Path, sizes: dict[str, tuple[int, int]]) -> dict:
@@ -304,12 +313,17 @@ def bench_memory(models: dict[str, Path], work: Path, sizes: dict[str, tuple[int
     for index in range(16):
         Image.fromarray((np.random.default_rng(index).random((32, 40, 3)) * 255).astype(np.uint8)).save(
             image_dir / f"{index}.png")
+        if "video" in sizes:  # 16 clips of 8 frames, 2 seconds at 4 a second (4 sampled at the default 2 a second)
+            from tests.conftest import write_video
+
+            write_video(image_dir / f"{index}.mp4", tuple(int(c) for c in np.random.default_rng(index).integers(
+                0, 255, 3)), frames=8, fps=4)
     for kind, (small, large) in sizes.items():
         for count in (small, large):
             folder = work / f"{kind}-{count}"
             folder.mkdir(exist_ok=True)
             data = write_memory_rows(kind, folder, count, rng, image_dir)
-            model = models["llama" if kind == "text" else "mllama"]
+            model = models["llama" if kind == "text" else "video" if kind == "video" else "mllama"]
             recipe = folder / "recipe.yaml"
             recipe.write_text(f"model_name_or_path: {model}\ntrain_file: {data}\nmax_length: 1024\n"
                               "dataset_num_proc: 2\n")  # both cores measure rows, as a user would set it
@@ -326,19 +340,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a minute), for trying the bench out")
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results/bench.json")
-    parser.add_argument("--memory-only", choices=("text", "image", "parquet_image"),
+    parser.add_argument("--memory-only", choices=("text", "image", "parquet_image", "video"),
                         help="run only this memory row and print it (nothing written)")
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
-    sizes = {"text": (1_000, 10_000), "image": (100, 1_000), "parquet_image": (100, 1_000)} if args.quick else \
-        {"text": (10_000, 200_000), "image": (1_000, 10_000), "parquet_image": (1_000, 10_000)}
+    sizes = {"text": (1_000, 10_000), "image": (100, 1_000), "parquet_image": (100, 1_000),
+             "video": (100, 1_000)} if args.quick else \
+        {"text": (10_000, 200_000), "image": (1_000, 10_000), "parquet_image": (1_000, 10_000),
+         "video": (1_000, 10_000)}
     work = Path(tempfile.mkdtemp(prefix="sft-bench-"))
     if args.memory_only:  # one memory row alone, e.g. after a change to the data path
-        models = {f: build_tiny(f, work / f) for f in ("llama", "mllama")}
+        models = {f: build_tiny(f, work / f) for f in ("llama", "mllama")} | {"video": video_model(work)}
         memory = bench_memory(models, work, {args.memory_only: sizes[args.memory_only]})
         print(table({"memory": memory}))
         return
-    models = {f: build_tiny(f, work / f) for f in ("llama", "mllama", "idefics3")}
+    models = {f: build_tiny(f, work / f) for f in ("llama", "mllama", "idefics3")} | {"video": video_model(work)}
     results: dict = {}
 
     from transformers import AutoProcessor

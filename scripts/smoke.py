@@ -1,7 +1,8 @@
 """`make smoke`: the whole pipeline on a tiny Mllama in 8-bit + LoRA, with pass/fail thresholds.
 
 Builds the tiny model and the element data under .smoke/ (once), trains recipes/smoke.yaml into outputs/smoke
-(replacing the previous smoke run), then checks eval accuracy >= 0.9 and last loss <= 0.2 x first loss.
+(replacing the previous smoke run), then checks eval accuracy >= 0.9 and last loss <= 0.2 x first loss, and ends
+by saying where the run's report is (outputs/smoke/report.html).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> int:
         failures.append(f"last loss {last:.4f} > {MAX_LOSS_RATIO} x first {first:.4f}")
     for failure in failures:
         print(f"smoke FAILED: {failure}", file=sys.stderr)
+    print(f"smoke: the run's report (open it in a browser): {out / 'report.html'}", flush=True)
     return 1 if failures else 0
 
 

@@ -1,4 +1,4 @@
-"""The `sft` command: train, check, preview, plan, tiny, export-adapter, merge, predict.
+"""The `sft` command: train, check, preview, plan, tiny, export-adapter, merge, predict, report.
 
 Bad input ends in one line per problem, never a traceback.
 """
@@ -11,12 +11,15 @@ import os
 import sys
 import warnings
 
-from sft.cli_artifacts import cmd_export_adapter, cmd_merge, cmd_predict, no_overrides  # light: imports on use
+# light: each command imports what it needs on use
+from sft.cli_artifacts import cmd_export_adapter, cmd_merge, cmd_predict, cmd_report, no_overrides
 
 USAGE_EXAMPLES = """examples:
   sft train recipes/smoke.yaml --learning_rate 1e-3
   sft check recipes/llama11b_construction.yaml
   sft preview recipes/smoke.yaml --limit 3 --json
+  sft preview recipes/smoke.yaml --html preview.html
+  sft report outputs/smoke
   sft tiny mllama .smoke/tiny-mllama
 """
 
@@ -47,7 +50,7 @@ def _recipe_and_collator(args, overrides):
     recipe = load_recipe(args.recipe, overrides)
     processing_class, family = load_processor_and_family(recipe.model, recipe.training.trust_remote_code,
                                                          recipe.data.family, recipe.training.chat_template_path,
-                                                         recipe.data.image_budget)
+                                                         recipe.data.image_budget, recipe.data.video_budget)
     collator = make_collator(processing_class, family, date_string=recipe.data.date_string,
                              max_length=recipe.training.max_length,
                              completion_only_loss=recipe.training.completion_only_loss)
@@ -123,7 +126,13 @@ def cmd_preview(args, overrides) -> int:
     from sft.inspect_data import preview
 
     recipe, collator = _recipe_and_collator(args, overrides)
-    return preview(recipe, collator, args.limit, args.json, args.split)
+    if args.html:  # the page (sft/preview_page.py); its --limit default is larger than the terminal's
+        from sft.preview_page import write_preview_page
+
+        path, counts = write_preview_page(recipe, collator, args.html, args.limit, args.split)
+        print(f"wrote {path}: {counts['seen']} rows, {counts['bad']} bad")
+        return 1 if counts["bad"] else 0
+    return preview(recipe, collator, 5 if args.limit is None else args.limit, args.json, args.split)
 
 
 def cmd_tiny(args, overrides) -> int:
@@ -156,10 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     preview = commands.add_parser("preview", allow_abbrev=False, epilog=overrides_help,
                                   help="show which tokens each row supervises")
     preview.add_argument("recipe")
-    preview.add_argument("--limit", type=int, default=5, help="rows to show (default 5)")
+    preview.add_argument("--limit", type=int, help="rows to show (default 5; with --html 500)")
     preview.add_argument("--json", action="store_true", help="one JSON object per row")
     preview.add_argument("--split", choices=("train", "eval"), default="train")
+    preview.add_argument("--html", metavar="PATH", help="write one offline HTML page of the rows beside their images")
     preview.set_defaults(run_command=cmd_preview)
+
+    report = commands.add_parser("report", help="write RUN/report.html: recipe, curves, predictions beside images")
+    report.add_argument("run", nargs="?", help="run dir (default: the most recent under outputs/)")
+    report.set_defaults(run_command=cmd_report)
 
     plan = commands.add_parser("plan", help="parameters and per-GPU memory estimate; no weights loaded",
                                epilog=overrides_help, allow_abbrev=False)

@@ -1,4 +1,4 @@
-"""The `sft` commands that work on a finished run: export-adapter, merge and predict (sft/cli.py parses them)."""
+"""The `sft` commands that work on a finished run: export-adapter, merge, predict, report (sft/cli.py parses them)."""
 
 from __future__ import annotations
 
@@ -61,3 +61,11 @@ def no_overrides(command: str, overrides: list[str]) -> None:
 
     if overrides:
         raise UserError(f"sft {command}: unexpected arguments {' '.join(overrides)}")
+
+
+def cmd_report(args, overrides) -> int:
+    from sft.run_report import write_report
+
+    no_overrides("report", overrides)
+    print(f"wrote {write_report(run_dir(args.run))}")
+    return 0

@@ -25,6 +25,9 @@ from sft.messages import with_images
 from sft.reply_spans import ReplySpans
 from sft.rows import load_image
 from sft.token_labels import IGNORE_INDEX, TokenLabels
+from sft.video import decode_clip, frame_budget
+from sft.video_batch import process_visuals, split_visuals
+from sft.video_budget import video_refusal
 
 __all__ = ["IGNORE_INDEX", "CompletionOnlyCollator", "Encoded", "located"]
 
@@ -80,16 +83,20 @@ class CompletionOnlyCollator:
         self.replies = ReplySpans(processing_class, self.family, date_string, self.needs_chat_template)
         self.is_processor, self.tokenizer = self.replies.is_processor, self.replies.tokenizer
         self.image_token, self.date_string = self.replies.image_token, self.replies.date_string
+        # What the template writes per video, counted as the image marker is (every video family's template writes
+        # its processor's video_token: Qwen's <|video_pad|>, <video>, Gemma 4's <|video|>).
+        self.video_token = getattr(processing_class, "video_token", None) if self.is_processor else None
         self.render, self.supervised_spans = self.replies.render, self.replies.supervised_spans
-        self.tokens = TokenLabels(self.tokenizer, self.image_token, self._process, self._placeholder_ids())
+        self.tokens = TokenLabels(self.tokenizer, self.image_token, self._process, self._placeholder_ids(),
+                                  self.video_token)
         self.max_length = max_length
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def _process(self, texts: list[str], images: list[list] | None, padding_side: str = "right"):
         kwargs = dict(add_special_tokens=False, padding=True, padding_side=padding_side, return_tensors="pt",
                       pad_to_multiple_of=self.pad_to_multiple_of)
-        if self.is_processor:
-            return self.processing_class(text=texts, images=images, **kwargs)
+        if self.is_processor:  # `images`: each row's images and video clips (sft/video_batch.py)
+            return process_visuals(self.processing_class, self.family, texts, images, **kwargs)
         # Padded lists made tensors here: transformers 5.23's BatchEncoding flattens the whole batch in Python to
         # test it for emptiness before torch.tensor (a quarter of this collator's time on text rows, measured).
         encoded = self.tokenizer(texts, **{**kwargs, "return_tensors": None})
@@ -98,7 +105,8 @@ class CompletionOnlyCollator:
     def _placeholder_ids(self) -> frozenset:
         """The image marker's tokens and the processor's image/video token ids: never supervised (the rest of an
         image's expansion is found by position, sft.token_labels.TokenLabels.conversation_labels)."""
-        marker = self.tokenizer(self.image_token, add_special_tokens=False)["input_ids"] if self.image_token else []
+        marker = [token for text in (self.image_token, self.video_token) if text
+                  for token in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
         own = [token for name in ("image_token_ids", "video_token_ids")
                for token in getattr(self.processing_class, name, None) or ()]
         return frozenset(token for token in [*marker, *own] if token is not None)
@@ -112,12 +120,21 @@ class CompletionOnlyCollator:
 
     def load_images(self, example: dict) -> list:
         """The row's images decoded as RGB, from its `stored_images` entries (a path, or `{bytes, path}` as the Arrow
-        dataset stores them undecoded); this is the only place a training image is decoded."""
-        return [load_image(image, example.get("where", "row")) for image in example.get("stored_images") or []]
+        dataset stores them undecoded), then its video clips, from its `stored_videos` paths, sampled by the frame
+        budget (sft/video.py); this is the only place a training image or frame is decoded."""
+        where = example.get("where", "row")
+        images = [load_image(image, where) for image in example.get("stored_images") or []]
+        paths = example.get("stored_videos") or []
+        refusal = video_refusal(self.processing_class, self.family) if paths else None
+        if refusal:
+            raise UserError(f"{where}: {refusal}")
+        fps, max_frames = frame_budget(self.processing_class)
+        return images + [decode_clip(path, where, fps, max_frames, self.family.video_fixed_frames) for path in paths]
 
     def messages_of(self, example: dict, images: list) -> list[dict]:
-        """The row's messages as parts, its images placed (sft/messages.py)."""
-        return with_images(example["messages"], len(images))
+        """The row's messages as parts, its images and video clips placed (sft/messages.py)."""
+        pictures, clips = split_visuals(images)
+        return with_images(with_images(example["messages"], len(clips), "video"), len(pictures))
 
     def encode(self, example: dict, images: list | None = None) -> Encoded:
         """One row, unpadded and untruncated (for counting, previews and the length check)."""
@@ -140,7 +157,7 @@ class CompletionOnlyCollator:
                 rendered.append(self.supervised_spans(self.messages_of(example, imgs)))
         batch = self._process([text for text, _ in rendered], images if any(images) else None)
         # Every row's tails in one tokenizer call (a call per row costs more than the tokenizing itself).
-        tails = [self.tokens.tails(text, [c for span in spans for c in span], len(imgs))
+        tails = [self.tokens.tails(text, [c for span in spans for c in span], imgs)
                  if self.completion_only_loss else [] for (text, spans), imgs in zip(rendered, images)]
         flat = [tail for row_tails in tails for tail in row_tails]
         flat_ids = iter(self.tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])

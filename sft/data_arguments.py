@@ -10,6 +10,8 @@ from sft.errors import UserError
 from sft.families import family_named
 from sft.image_budget import ImageBudget
 from sft.metrics import METRICS, metric_names
+from sft.mixture_entry import MixtureEntry, mixture_entries
+from sft.video_budget import VideoBudget
 
 TRUNCATION_MODES = ("drop", "shorten_prompt")
 
@@ -137,11 +139,35 @@ class DataArguments:
     image_min_pixels: int | None = field(
         default=None, metadata={"help": "Fewest pixels of a resized image (small images are scaled up), where the "
                                         "family's processor has such a setting; default: the processor's."})
+    # Video budgets (sft/video_budget.py): kept on the processor's video processor when it loads.
+    video_fps: float | None = field(
+        default=None, metadata={"help": "Frames sampled per second of video, evenly spread (default 2); refused for "
+                                        "families that take exactly video_max_frames frames a clip."})
+    video_max_frames: int | None = field(
+        default=None, metadata={"help": "Most frames sampled from one video (default 32); exactly this many for "
+                                        "InternVL 3 and LLaVA-OneVision, whose processors stack a batch's clips."})
+    video_max_pixels: int | None = field(
+        default=None, metadata={"help": "Most pixels of one resized video frame, through the family's own setting "
+                                        "(README: Video); default: the processor's. Refused where every frame is "
+                                        "one fixed size."})
+    # Several sources in one run (sft/mixture.py): TRL's `datasets` list (trl 1.16 DatasetConfig keys and meanings)
+    # plus weight, column_map, image_root and test_split per entry (sft/mixture_entry.py).
+    datasets: list[MixtureEntry] = field(
+        default_factory=list,
+        metadata={"help": "Several training sources, instead of train_file / dataset_name: a list of entries with "
+                  "TRL's keys (path, name, data_dir, data_files, split, columns, fraction) and weight (rows x "
+                  "weight, repeated above 1), column_map, image_root and test_split (its eval rows)."},
+    )
 
     @property
     def image_budget(self) -> ImageBudget:
         """image_min_pixels and image_max_pixels, for sft.model.load_processor_and_family."""
         return ImageBudget(self.image_min_pixels, self.image_max_pixels)
+
+    @property
+    def video_budget(self) -> VideoBudget:
+        """video_fps, video_max_frames and video_max_pixels, for sft.model.load_processor_and_family."""
+        return VideoBudget(self.video_fps, self.video_max_frames, self.video_max_pixels)
 
     def __post_init__(self):
         if isinstance(self.column_map, str):
@@ -181,3 +207,13 @@ class DataArguments:
                             f"{self.image_max_pixels}")
         if self.eval_split_size and (self.eval_file or self.dataset_test_split):
             raise UserError("eval_split_size is set with eval_file or dataset_test_split; give one source of eval rows")
+        self.datasets = mixture_entries(self.datasets)
+        if self.datasets:
+            given = [key for key in ("train_file", "eval_file", "dataset_name", "image_root", "column_map")
+                     if getattr(self, key)]
+            if given:
+                raise UserError(f"datasets is set with {', '.join(given)}: give every source as a datasets entry, "
+                                "each with its own column_map and image_root")
+            if self.eval_split_size and any(entry.test_split for entry in self.datasets):
+                raise UserError("eval_split_size is set with a datasets entry's test_split; give one source of eval "
+                                "rows")

@@ -23,6 +23,7 @@ from sft.labelling import Labeller
 from sft.messages import text_of, with_text
 from sft.rows import RowError, iter_rows
 from sft.sources import DatasetSplit, Source, file_source
+from sft.video_batch import split_visuals
 
 # `stored_images`, not `images`: TRL's SFTTrainer takes a dataset with an `images` column for a vision dataset
 # and refuses it with a text model (trl 1.16.0, sft_trainer.py "appears to be vision-related").
@@ -31,6 +32,7 @@ FEATURES = Features({
     "row": Value("int64"),
     "messages": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
     "stored_images": List(Image(decode=False)),
+    "stored_videos": List(Value("string")),  # paths; frames are decoded per batch by the collator (sft/video.py)
 })
 MAX_ERRORS_SHOWN = 20
 
@@ -113,8 +115,10 @@ def measure(example: dict, collator: Labeller, max_length: int | None, mode: str
         status = "dropped"
     return {
         "messages": example["messages"], "status": status, "length": len(encoded.input_ids),
-        "image_count": len(images),
-        "image_tokens": visual_tokens(collator.tokenizer, getattr(collator, "image_token", None), encoded.text,
+        "image_count": len(images),  # images and video clips
+        "video_frames": sum(len(clip) for clip in split_visuals(images)[1]),
+        "image_tokens": visual_tokens(collator.tokenizer, (getattr(collator, "image_token", None),
+                                                           getattr(collator, "video_token", None)), encoded.text,
                                       encoded.input_ids) if images else 0,
         # A text row's ids and labels, placed once here for the collator (empty where the processor makes more).
         "row_ids": encoded.input_ids if encoded.tokens_only else [],
@@ -151,11 +155,11 @@ class FitReport:
 def fit_to_length(dataset: Dataset, collator: Labeller, max_length: int | None, mode: str,
                   name: str, num_proc: int | None = None) -> tuple[Dataset, FitReport]:
     """Measure every row, drop or shorten the ones that do not fit, and report the counts."""
-    # `measured-v4`: the measured columns (image_count, image_tokens, row_ids, row_labels); a cache written before
-    # lacks them. The image processor's settings (an image budget) change the rows' lengths.
+    # `measured-v5`: the measured columns (image_count, video_frames, image_tokens, row_ids, row_labels); a cache
+    # written before lacks them. The image and video processors' settings (budgets) change the rows' lengths.
     # completion_only_loss: the stored row_labels are the replies' or the whole conversation's.
     fingerprint = hashlib.sha256(
-        f"{dataset._fingerprint}|{collator.tokenizer.name_or_path}|{max_length}|{mode}|{collator.date_string}|measured-v4"
+        f"{dataset._fingerprint}|{collator.tokenizer.name_or_path}|{max_length}|{mode}|{collator.date_string}|measured-v5"
         f"|{image_settings(collator.processing_class)}"
         f"{'' if collator.completion_only_loss else '|whole-conversation'}".encode()).hexdigest()[:32]
     measured = dataset.map(

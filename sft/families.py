@@ -49,6 +49,17 @@ class Family:
     # "pixels" (Qwen's min/max pixel counts), "longest_edge", "tiled_longest_edge", "pinpoints", "max_patches",
     # "dynamic_hd", "soft_tokens"; "fixed_size" / "fixed_tiles": refused, the image size cannot change; None: unknown.
     image_budget: str | None = None
+    # Video (sft/video.py, sft/video_budget.py): the processor tensors a video row adds (none: the family takes no
+    # video, refused in one line for `video_refusal`); the setting video_max_pixels goes to ("pixels": Qwen's
+    # per-frame pixel counts, "soft_tokens": Gemma 4's, "fixed_size": refused, every frame is one size);
+    # `video_fixed_frames`: its processor stacks a batch's clips into one tensor, so every clip is sampled to exactly
+    # video_max_frames frames; `video_frames_as_images`: its processor returns a clip's frames as the images'
+    # pixel_values (SmolVLM2), so a batch with both is merged row by row in the template's order.
+    video_inputs: tuple[str, ...] = ()
+    video_budget: str | None = None
+    video_fixed_frames: bool = False
+    video_frames_as_images: bool = False
+    video_refusal: str = "its processor takes no videos"
     found_by: str = "the family table"  # how find_family chose it (printed once in the run log, in the manifest)
 
     @property
@@ -57,6 +68,7 @@ class Family:
         return self.vision_tower + self.projector + self.other_towers
 
 
+QWEN_VIDEO = ("pixel_values_videos", "video_grid_thw")  # Qwen-VL's video tensors (Qwen2.5-VL adds second_per_grid_ts)
 GEMMA_SLIDING_IMAGES = ("its sliding-window layers look image blocks up at the first example's token indices, so "
                         "later examples would lose bidirectional image attention")
 
@@ -74,32 +86,35 @@ FAMILIES = (
     # SmolVLM (Idefics3 architecture) and SmolVLM2 (`smolvlm`: the same template with a video branch).
     Family("idefics3", ("idefics3", "smolvlm"), "HuggingFaceTB/SmolVLM-256M-Instruct", "<end_of_utterance>",
            vision_tower=("vision_model",), projector=("connector",), extra_inputs=("pixel_attention_mask",),
-           image_budget="tiled_longest_edge"),
+           image_budget="tiled_longest_edge", video_inputs=("pixel_values", "pixel_attention_mask"),
+           video_budget="fixed_size", video_frames_as_images=True),
     # Qwen-VL: the vision tower and its patch merger (the projector) both live under `model.visual`; the template
     # writes `<|vision_start|><|image_pad|><|vision_end|>` per image, one `<|image_pad|>` (processor.image_token)
     # that the processor expands to the image's patch count. mm_token_type_ids marks those tokens for M-RoPE.
     Family("qwen2_vl", ("qwen2_vl",), "Qwen/Qwen2-VL-2B-Instruct", "<|im_end|>",
            vision_tower=("visual",), projector=("merger",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
-           packing="mrope", image_budget="pixels"),
+           packing="mrope", image_budget="pixels", video_inputs=QWEN_VIDEO, video_budget="pixels"),
     Family("qwen2_5_vl", ("qwen2_5_vl",), "Qwen/Qwen2.5-VL-3B-Instruct", "<|im_end|>",
            vision_tower=("visual",), projector=("merger",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
-           packing="mrope", image_budget="pixels"),
+           packing="mrope", image_budget="pixels", video_inputs=(*QWEN_VIDEO, "second_per_grid_ts"),
+           video_budget="pixels"),
     # Qwen3-VL shares Qwen3VLProcessor with Qwen3.5 (so family_for_processor finds this entry for both) and has
     # -Thinking checkpoints; `</think>` is an ordinary added token, so decoding keeps it and what came before it.
     Family("qwen3_vl", ("qwen3_vl",), "Qwen/Qwen3-VL-2B-Instruct", "<|im_end|>",
            vision_tower=("visual",), projector=("merger", "deepstack_merger_list"),
            extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>", packing="mrope",
-           image_budget="pixels"),
+           image_budget="pixels", video_inputs=QWEN_VIDEO, video_budget="pixels"),
     # Qwen3.5 (thinking on or off by its template): the closing token is the same; with thinking on, the last
     # reply's supervised text starts with the rest of the empty thinking block ("\n</think>\n\n").
     Family("qwen3_5", ("qwen3_5",), "Qwen/Qwen3.5-2B", "<|im_end|>",
            vision_tower=("visual",), projector=("merger",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
-           reasoning_end="</think>", image_budget="pixels",
+           reasoning_end="</think>", image_budget="pixels", video_inputs=QWEN_VIDEO, video_budget="pixels",
            packing=None, packing_refusal="its linear-attention (Gated DeltaNet) layers carry their state from one "
                                          "example into the next"),
     # The template writes <IMG_CONTEXT> per image (processor.image_token), expanded to <img> + tiles + </img>.
     Family("internvl3", ("internvl",), "OpenGVLab/InternVL3-1B-hf", "<|im_end|>",
-           vision_tower=("vision_tower",), projector=("multi_modal_projector",), image_budget="max_patches"),
+           vision_tower=("vision_tower",), projector=("multi_modal_projector",), image_budget="max_patches",
+           video_inputs=("pixel_values",), video_budget="fixed_size", video_fixed_frames=True),
     # The template writes [IMG] per image; PixtralProcessor expands it to rows of [IMG] + [IMG_BREAK] ... [IMG_END]
     # and returns image_sizes, which the vision tower needs to cut each image's patches back out.
     Family("mistral3", ("mistral3",), "mistralai/Mistral-Small-3.1-24B-Instruct-2503", "</s>",
@@ -122,7 +137,8 @@ FAMILIES = (
     Family("gemma4", ("gemma4",), "google/gemma-4-E2B-it", "<turn|>",
            vision_tower=("vision_tower",), projector=("embed_vision",), other_towers=("audio_tower", "embed_audio"),
            extra_inputs=("mm_token_type_ids", "image_position_ids"),
-           image_budget="soft_tokens", packing=None, packing_refusal=GEMMA_SLIDING_IMAGES),
+           video_inputs=("pixel_values_videos", "video_position_ids", "num_frames_per_video"),
+           video_budget="soft_tokens", image_budget="soft_tokens", packing=None, packing_refusal=GEMMA_SLIDING_IMAGES),
     # PaliGemma 2 checkpoints ship no chat template: one prompt and one answer go through the processor's own
     # prefix/suffix call (sft/prefix_suffix.py): image tokens + <bos> + prompt + "\n" attended bidirectionally,
     # answer + <eos> causally, token_type_ids telling the model which is which.
@@ -142,7 +158,8 @@ FAMILIES = (
            extra_inputs=("image_sizes",), image_budget="pinpoints"),
     Family("llava_onevision", ("llava_onevision",), "llava-hf/llava-onevision-qwen2-0.5b-ov-hf", "<|im_end|>",
            vision_tower=("vision_tower",), projector=("multi_modal_projector",),
-           extra_inputs=("image_sizes", "batch_num_images"), image_budget="pinpoints"),
+           extra_inputs=("image_sizes", "batch_num_images"), image_budget="pinpoints",
+           video_inputs=("pixel_values_videos",), video_budget="fixed_size", video_fixed_frames=True),
     # Phi-4-multimodal: `<|user|><|image|>...<|end|><|assistant|>reply<|end|>` with no whitespace anywhere; the
     # image tower, its projection and the audio tower all live under `model.embed_tokens_extend`, and the language
     # model fuses q/k/v into one `qkv_proj`. Its image separator vectors (loose parameters of `image_embed`) count

@@ -197,12 +197,13 @@ def match_model_to_processor(model, processing_class) -> None:
         model.config.image_grid_pinpoints = [list(p) for p in pinpoints]
 
 
-def visual_tokens(tokenizer, marker: str | None, text: str, ids: list[int]) -> int:
-    """The tokens the processor put in a row for its images: the row's length less its text's own tokens, each image
-    marker the template wrote counting as an image's (the processor replaced it)."""
+def visual_tokens(tokenizer, marker: str | tuple | None, text: str, ids: list[int]) -> int:
+    """The tokens the processor put in a row for its images (and videos): the row's length less its text's own
+    tokens, each image (video) marker the template wrote counting as an image's (the processor replaced it)."""
     text_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if marker:
-        text_tokens -= text.count(marker) * len(tokenizer(marker, add_special_tokens=False)["input_ids"])
+    for each in (marker if isinstance(marker, tuple) else (marker,)):
+        if each:
+            text_tokens -= text.count(each) * len(tokenizer(each, add_special_tokens=False)["input_ids"])
     return len(ids) - text_tokens
 
 
@@ -223,7 +224,7 @@ def dropped_for_images(status: str, length: int, image_tokens: int, max_length: 
 
 
 def image_settings(processing_class) -> str:
-    """The image processor's settings as one string (part of a measured dataset's cache key: a budget changes the
-    rows' lengths); '' for a text model."""
-    image_processor = getattr(processing_class, "image_processor", None)
-    return image_processor.to_json_string() if image_processor is not None else ""
+    """The image (and video) processor's settings as one string (part of a measured dataset's cache key: a budget
+    changes the rows' lengths); '' for a text model."""
+    processors = (getattr(processing_class, name, None) for name in ("image_processor", "video_processor"))
+    return "".join(processor.to_json_string() for processor in processors if processor is not None)

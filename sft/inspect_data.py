@@ -6,6 +6,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from itertools import chain
 
 from datasets import Dataset
 
@@ -14,18 +15,19 @@ from sft.dataset import measure
 from sft.errors import UserError
 from sft.image_budget import dropped_for_images, visual_summary
 from sft.labelling import Labeller
+from sft.mixture import data_sources
 from sft.packing import pack_rows, packing_mode
 from sft.recipe import Recipe
 from sft.rows import RowError, iter_rows
-from sft.sources import Source, split_sources
+from sft.sources import Source
 
 GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
 
 
 def inspect_rows(recipe: Recipe, collator: Labeller, source: Source | str, limit: int | None = None,
-                 with_labels: bool = True) -> Iterator[tuple[dict, dict] | RowError]:
-    """Each row of `source` (or a data file) measured (and, `with_labels`, encoded) as training will see it, or its
-    error."""
+                 with_labels: bool = True, label_limit: int | None = None) -> Iterator[tuple[dict, dict] | RowError]:
+    """Each row of `source` (or a data file) measured (and, `with_labels`, encoded: only the first `label_limit`
+    rows when given) as training will see it, or its error."""
     seen = 0
     for item in iter_rows(source, recipe.data.image_root, recipe.data.column_map):
         if limit is not None and seen >= limit:
@@ -36,7 +38,8 @@ def inspect_rows(recipe: Recipe, collator: Labeller, source: Source | str, limit
             continue
         try:
             fit = measure(item, collator, recipe.training.max_length, recipe.data.truncation)
-            encoded = collator.encode({**item, "messages": fit["messages"]}) if with_labels else None
+            labelled = with_labels and (label_limit is None or seen <= label_limit)
+            encoded = collator.encode({**item, "messages": fit["messages"]}) if labelled else None
         except UserError as exc:
             message = str(exc)
             prefix = f"{item['where']}: "
@@ -45,10 +48,18 @@ def inspect_rows(recipe: Recipe, collator: Labeller, source: Source | str, limit
         yield item, {"fit": fit, "encoded": encoded}
 
 
+def sources_of_split(recipe: Recipe, split: str) -> list[Source]:
+    """The sources of one split (`train` or `eval`): one, or each entry's of a `datasets` mixture."""
+    sources = [source for name, source in data_sources(recipe.data) if name == split]
+    if not sources:
+        raise UserError(f"the recipe has no {split} data (eval_file, dataset_test_split or a datasets test_split)")
+    return sources
+
+
 def check(recipe: Recipe, collator: Labeller) -> int:
     """Validate every row of every data source; print each problem and a summary. Returns the exit code."""
     failed = False
-    for name, source in split_sources(recipe.data):
+    for name, source in data_sources(recipe.data):  # a `datasets` mixture: each entry's split and test_split
         counts, errors, supervised, visual = Counter(), 0, 0, []
         max_length = recipe.training.max_length
         for result in inspect_rows(recipe, collator, source, with_labels=False):
@@ -84,15 +95,15 @@ def _coloured(collator: Labeller, ids: list[int], labels: list[int]) -> str:
 def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split: str = "train",
             colour: bool | None = None) -> int:
     """Show which tokens each row supervises: coloured text on a terminal, JSON lines with `as_json`."""
-    source = dict(split_sources(recipe.data)).get(split)
-    if source is None:
-        raise UserError(f"the recipe has no {split} data (eval_file or dataset_test_split)")
+    sources = [source for name, source in data_sources(recipe.data) if name == split]  # a mixture: `limit` each
+    if not sources:
+        raise UserError(f"the recipe has no {split} data (eval_file, dataset_test_split or a datasets test_split)")
     colour = sys.stdout.isatty() if colour is None else colour
     bad, told_eos, kept = 0, False, []
     if not collator.completion_only_loss:
         print("note: completion_only_loss false: the whole conversation is supervised, except padding, image "
               "placeholders and each row's first token (nothing precedes it)", file=sys.stderr)
-    for result in inspect_rows(recipe, collator, source, limit):
+    for result in chain.from_iterable(inspect_rows(recipe, collator, source, limit) for source in sources):
         if isinstance(result, RowError):
             print(result, file=sys.stderr)
             bad += 1
@@ -108,13 +119,19 @@ def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split
         record = {"row": row["row"], "status": fit["status"], "prompt_tokens": encoded.prompt_tokens,
                   "supervised_tokens": encoded.supervised_tokens,
                   "supervised_text": collator.tokenizer.decode(supervised_ids, skip_special_tokens=False)}
+        if len(sources) > 1:  # row numbers restart in each source of a mixture: say whose row it is
+            record["where"] = row["where"]
+        if fit["video_frames"]:  # a video row: the frames its clips gave and the tokens its images and clips took
+            record |= {"video_frames": fit["video_frames"], "visual_tokens": fit["image_tokens"]}
         if fit["status"] != "dropped":
             kept.append({**record, "tokens": len(encoded.input_ids)})
         if as_json:
             print(json.dumps(record, ensure_ascii=False))
         else:
             print(f"--- {row['where']} [{record['status']}] prompt {record['prompt_tokens']} tokens, "
-                  f"supervised {record['supervised_tokens']}")
+                  f"supervised {record['supervised_tokens']}" + (f"; video {fit['video_frames']} frames, "
+                                                                  f"{fit['image_tokens']} visual tokens"
+                                                                  if fit["video_frames"] else ""))
             if colour:
                 print(_coloured(collator, encoded.input_ids, encoded.labels))
             else:

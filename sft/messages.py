@@ -1,8 +1,9 @@
 """Chat messages in the one form every step after the data rows uses.
 
-A message is `{"role", "content"}` with `content` a list of parts, `{"type": "text", "text": str}` or
-`{"type": "image", "text": ""}` (the empty text keeps one Arrow schema for both), image parts standing where the
-row's images go, in order. A plain string content is accepted and read as one text part.
+A message is `{"role", "content"}` with `content` a list of parts, `{"type": "text", "text": str}`,
+`{"type": "image", "text": ""}` or `{"type": "video", "text": ""}` (the empty text keeps one Arrow schema for all),
+image and video parts standing where the row's images and videos go, in order. A plain string content is accepted
+and read as one text part.
 """
 
 from __future__ import annotations
@@ -22,22 +23,24 @@ def text_of(message: dict) -> str:
     return "".join(part["text"] for part in parts_of(message["content"]) if part["type"] == "text")
 
 
-def image_count(messages: list[dict]) -> int:
-    return sum(part["type"] == "image" for m in messages for part in parts_of(m["content"]))
+def image_count(messages: list[dict], kind: str = "image") -> int:
+    """The image parts of the messages (`kind` "video": the video parts)."""
+    return sum(part["type"] == kind for m in messages for part in parts_of(m["content"]))
 
 
-def with_images(messages: list[dict], n_images: int) -> list[dict]:
-    """Messages as parts, holding exactly `n_images` image parts: a row that places none gets them at the start of
-    its first user turn (as TRL and LLaMA-Factory do); one that places a different number is refused."""
+def with_images(messages: list[dict], n_images: int, kind: str = "image") -> list[dict]:
+    """Messages as parts, holding exactly `n_images` image parts (`kind` "video": video parts): a row that places
+    none gets them at the start of its first user turn (as TRL and LLaMA-Factory do); one that places a different
+    number is refused."""
     out = [{"role": m["role"], "content": parts_of(m["content"])} for m in messages]
-    placed = image_count(out)
+    placed = image_count(out, kind)
     if placed == 0 and n_images:
         first_user = next((m for m in out if m["role"] == "user"), None)
         if first_user is None:
-            raise UserError(f"{n_images} image(s) but no user turn to put them in")
-        first_user["content"] = [{"type": "image", "text": ""}] * n_images + first_user["content"]
+            raise UserError(f"{n_images} {kind}(s) but no user turn to put them in")
+        first_user["content"] = [{"type": kind, "text": ""}] * n_images + first_user["content"]
     elif placed != n_images:
-        raise UserError(f"the messages place {placed} image(s) but the row has {n_images}")
+        raise UserError(f"the messages place {placed} {kind}(s) but the row has {n_images}")
     return out
 
 

@@ -23,6 +23,7 @@ from sft.errors import UserError
 from sft.families import Family, family_for, find_family
 from sft.image_budget import ImageBudget, apply_image_budget
 from sft.targets import not_quantized
+from sft.video_budget import VideoBudget, apply_video_budget
 
 
 def is_vision_config(config) -> bool:
@@ -97,19 +98,19 @@ def load_config(model_args: ModelConfig, trust_remote_code: bool = False):
 
 def load_processor_and_family(model_args: ModelConfig, trust_remote_code: bool = False,
                               family_name: str | None = None, chat_template_path: str | None = None,
-                              image_budget: ImageBudget | None = None):
+                              image_budget: ImageBudget | None = None, video_budget: VideoBudget | None = None):
     """The processor of a vision model (the tokenizer of a text model) and the model's family: the one lookup of a
     command (sft.families.find_family), by the recipe's `family:`, the config's model_type or the processor class.
     The recipe's `chat_template_path` replaces the checkpoint's template on both (sft/chat_template.py), and its
-    image budget is set on the processor (sft/image_budget.py)."""
+    image and video budgets are set on the processor (sft/image_budget.py, sft/video_budget.py)."""
     template = read_chat_template(chat_template_path)
     config = load_config(model_args, trust_remote_code)
     return with_chat_template(*processor_and_family(model_args.model_name_or_path, config, trust_remote_code,
-                                                    family_name, image_budget), template)
+                                                    family_name, image_budget, video_budget), template)
 
 
 def processor_and_family(path: str, config, trust_remote_code: bool = False, family_name: str | None = None,
-                         image_budget: ImageBudget | None = None):
+                         image_budget: ImageBudget | None = None, video_budget: VideoBudget | None = None):
     """The processor of the checkpoint at `path` (its `config` loaded) and its family: the recipe's `family:` or the
     model type picks the processor's loading arguments; a model type the table lacks is looked up by the processor's
     class once it is loaded. `image_budget` goes to the family's image setting (or is refused, in one line)."""
@@ -117,6 +118,7 @@ def processor_and_family(path: str, config, trust_remote_code: bool = False, fam
     processing_class = load_processor(path, config, trust_remote_code, known)
     family = known if known.model_types or family_name else find_family(config.model_type, processing_class)
     apply_image_budget(processing_class, family, image_budget)
+    apply_video_budget(processing_class, family, video_budget)
     return processing_class, family
 
 

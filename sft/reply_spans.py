@@ -39,10 +39,11 @@ class ReplySpans:
     def template_messages(self, messages: list[dict]) -> list[dict]:
         """Messages in the form the chat template expects: typed parts for a processor, strings for a tokenizer."""
         if self.is_processor:
-            return [{"role": m["role"], "content": [{"type": "image"} if p["type"] == "image" else p
+            return [{"role": m["role"], "content": [{"type": p["type"]} if p["type"] in ("image", "video") else p
                                                      for p in parts_of(m["content"])]} for m in messages]
-        if image_count(messages):
-            raise UserError("the row has images but the model is a text model")
+        for kind in ("image", "video"):
+            if image_count(messages, kind):
+                raise UserError(f"the row has {kind}s but the model is a text model")
         return [{"role": m["role"], "content": text_of(m)} for m in messages]
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:

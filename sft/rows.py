@@ -1,9 +1,10 @@
-"""Data rows: every source's rows checked and normalised to `{where, row, messages, stored_images}`.
+"""Data rows: every source's rows checked and normalised to `{where, row, messages, stored_images, stored_videos}`.
 
 A source (sft/sources.py) reads a file or dataset; column_map renames the user's columns to the standard names;
 sft/shapes.py turns the row into chat messages; the row's images become `stored_images`, `{bytes, path}` entries
-(a path checked to exist, embedded bytes kept as bytes and only decoded by the collator). Every problem is reported
-as `where: what is wrong`, and reading goes on so that one pass shows every bad row.
+(a path checked to exist, embedded bytes kept as bytes and only decoded by the collator), its videos
+`stored_videos`, paths checked to open and decode a first frame (the collator decodes the sampled frames). Every
+problem is reported as `where: what is wrong`, and reading goes on so that one pass shows every bad row.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sft.errors import UserError
-from sft.shapes import describe, messages_of_row
+from sft.shapes import describe, inline_videos, messages_of_row
 from sft.sources import Problem, Source, file_source
+from sft.video import probe_video
 
 STANDARD_NAMES = ("system", "messages", "conversations", "prompt", "completion", "instruction", "input", "output",
-                  "image", "images")
+                  "image", "images", "video", "videos")
 
 
 @dataclass
@@ -45,16 +47,40 @@ def _image_entry(value, root: Path | None, name: str) -> dict:
     path = value.get("path") if isinstance(value, dict) else value
     if not isinstance(path, str) or not path:
         raise ValueError(f'"{name}" must be a path, {{bytes, path}} or a list of them, got {describe(value)}')
+    return {"bytes": None, "path": _local_file(path, root, "image")}
+
+
+def _local_file(path: str, root: Path | None, kind: str) -> str:
+    """`path` resolved against `root` and checked to be a file; a URL is refused (nothing is downloaded)."""
     if path.startswith(("http://", "https://")):
-        raise ValueError(f"image {path!r} is a URL; download it first (no network at training time)")
+        raise ValueError(f"{kind} {path!r} is a URL; download it first (no network at training time)")
     if any(c in path for c in "\r\n"):
-        raise ValueError(f"image path has a line break: {path!r}")
+        raise ValueError(f"{kind} path has a line break: {path!r}")
     resolved = Path(path) if Path(path).is_absolute() or root is None else root / path
     if resolved.is_dir():
-        raise ValueError(f"image path is a folder: {resolved}")
+        raise ValueError(f"{kind} path is a folder: {resolved}")
     if not resolved.is_file():
-        raise ValueError(f"image not found: {resolved}")
-    return {"bytes": None, "path": str(resolved)}
+        raise ValueError(f"{kind} not found: {resolved}")
+    return str(resolved)
+
+
+def _videos(row: dict, root: Path | None, names: dict[str, str]) -> list[str]:
+    """The row's video paths (its video parts' own, else its video/videos column), each resolved, found and probed
+    (a first frame decoded: an unreadable or empty video is named here, before any weights load)."""
+    if "video" in row and "videos" in row:
+        raise ValueError('give "video" or "videos", not both')
+    value = row.get("videos", row.get("video"))
+    values = inline_videos(row) or ([] if value is None else value if isinstance(value, list) else [value])
+    name = names["videos" if "videos" in row else "video"]
+    if value is not None and not values:
+        raise ValueError(f'"{name}" is an empty list')
+    paths = []
+    for entry in values:
+        if not isinstance(entry, str) or not entry:
+            raise ValueError(f'"{name}" must be a video path or a list of them, got {describe(entry)}')
+        paths.append(_local_file(entry, root, "video"))
+        probe_video(paths[-1])
+    return paths
 
 
 def _checked_image_bytes(data: bytes) -> bytes:
@@ -83,11 +109,12 @@ def _images(row: dict, root: Path | None, names: dict[str, str]) -> list[dict]:
 
 def iter_rows(source: Source | str | Path, image_root: str | Path | None = None,
               column_map: dict[str, str] | None = None, require_reply: bool = True) -> Iterator[dict | RowError]:
-    """Yield each row as `{where, row, messages, stored_images}` or, for a bad one, a RowError. `source` is a Source or
-    a data file path; relative image paths resolve against `image_root`, else the file's (or folder's) folder."""
+    """Yield each row as `{where, row, messages, stored_images, stored_videos}` or, for a bad one, a RowError.
+    `source` is a Source or a data file path; relative image and video paths resolve against `image_root`, else the
+    file's (or folder's) folder."""
     source = source if isinstance(source, Source) else file_source(source)
     root = Path(image_root) if image_root else source.image_root
-    column_map = column_map or {}
+    column_map = column_map or source.column_map or {}  # a `datasets` entry carries its own
     names = {key: column_map.get(key, key) for key in STANDARD_NAMES}
     for item in source.rows():
         if isinstance(item, Problem):
@@ -98,9 +125,9 @@ def iter_rows(source: Source | str | Path, image_root: str | Path | None = None,
             if theirs in row:
                 row[standard] = row.pop(theirs)
         try:
-            images = _images(row, root, names)
-            yield {"where": where, "row": number, "stored_images": images,
-                   "messages": messages_of_row(row, names, len(images), require_reply)}
+            images, videos = _images(row, root, names), _videos(row, root, names)
+            yield {"where": where, "row": number, "stored_images": images, "stored_videos": videos,
+                   "messages": messages_of_row(row, names, len(images), require_reply, len(videos))}
         except (ValueError, UserError) as exc:
             yield RowError(where, str(exc))
 

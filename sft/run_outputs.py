@@ -48,10 +48,12 @@ def _plain(value):
 
 
 def write_manifest(recipe, output_dir: str | Path, fit_reports: list, metrics: dict, base_config=None,
-                   evaluation: dict | None = None, model_setup: dict | None = None) -> Path:
+                   evaluation: dict | None = None, model_setup: dict | None = None,
+                   datasets: list | None = None) -> Path:
     """`run_manifest.json`: resolved recipe, base model, package versions, git commit, sha256 of each data file,
-    how the run was evaluated (`evaluation`: metrics, why they were chosen, the held-out split if any) and what was
-    trained (`model_setup`: the family and how it was found, the LoRA modules, what stayed unquantized)."""
+    how the run was evaluated (`evaluation`: metrics, why they were chosen, the held-out split if any), what was
+    trained (`model_setup`: the family and how it was found, the LoRA modules, what stayed unquantized) and, for a
+    `datasets` mixture, each source's files (sha256), sizing and rows kept and dropped (sft.mixture.Mixture)."""
     data_files = {name: getattr(recipe.data, name) for name in ("train_file", "eval_file")}
     manifest = {
         "recipe_file": str(recipe.path) if recipe.path else None,
@@ -63,6 +65,7 @@ def write_manifest(recipe, output_dir: str | Path, fit_reports: list, metrics: d
         "versions": _versions(),
         "git_commit": _git_commit(),
         "data_files": {name: {"path": path, "sha256": sha256_of(path)} for name, path in data_files.items() if path},
+        "datasets": _plain(datasets),
         "model_setup": _plain(model_setup),
         "auto_choices": _plain(recipe.auto_choices),  # what the plan chose for `auto` keys, and why
         "rows": {report.name: dict(report.counts) for report in fit_reports},

@@ -46,6 +46,7 @@ class Source:
 
     name: str  # the file or `dataset[split]`, as error messages name it
     image_root: Path | None  # the folder relative image paths resolve against by default
+    column_map: dict[str, str] | None = None  # a `datasets` entry's own column_map (sft/mixture.py)
 
     def rows(self) -> Iterator[tuple[str, int, dict] | Problem]:
         raise NotImplementedError
@@ -159,8 +160,9 @@ def _first_line(exc: BaseException) -> str:
 class DatasetSplit(Source):
     """One split of `dataset_name`: a `save_to_disk` folder, a folder of data files, or a Hub id."""
 
-    def __init__(self, dataset_name: str, split: str, config: str | None = None):
-        self.dataset_name, self.split, self.config = dataset_name, split, config
+    def __init__(self, dataset_name: str, split: str, config: str | None = None, **options):
+        # options: load_dataset's data_dir / data_files, from a `datasets` entry naming a Hub id (sft/mixture.py)
+        self.dataset_name, self.split, self.config, self.options = dataset_name, split, config, options
         self.name = f"{dataset_name}[{split}]"
         folder = Path(dataset_name)
         self.image_root = folder if folder.is_dir() else None
@@ -169,7 +171,7 @@ class DatasetSplit(Source):
     def load(self):
         """The split as a `datasets.Dataset` (loaded once); a missing split or an unreachable name is one line."""
         if self._dataset is None:
-            splits = _load_splits(self.dataset_name, self.config)
+            splits = _load_splits(self.dataset_name, self.config, **self.options)
             if self.split not in splits:
                 raise UserError(f"{self.dataset_name}: no split {self.split!r}; it has {', '.join(splits)} "
                                 "(set dataset_train_split / dataset_test_split)")
@@ -183,7 +185,7 @@ class DatasetSplit(Source):
         yield from _arrow_rows(self.load(), self.name)
 
 
-def _load_splits(dataset_name: str, config: str | None) -> dict:
+def _load_splits(dataset_name: str, config: str | None, **options) -> dict:
     from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
     folder = Path(dataset_name)
@@ -192,7 +194,7 @@ def _load_splits(dataset_name: str, config: str | None) -> dict:
         if saved:  # written by save_to_disk: Arrow files read in place
             loaded = load_from_disk(str(folder))
             return {"train": loaded} if isinstance(loaded, Dataset) else dict(loaded)
-        loaded = load_dataset(str(folder) if folder.is_dir() else dataset_name, config)
+        loaded = load_dataset(str(folder) if folder.is_dir() else dataset_name, config, **options)
         return dict(loaded) if isinstance(loaded, DatasetDict) else {"train": loaded}
     except ConnectionError:  # offline, or the Hub is unreachable, and the dataset is not in the cache
         offline = " (HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true") else ""

@@ -1,8 +1,10 @@
 """Character spans to token labels: the tokenizer level of the label contract.
 
 The row is tokenized once, whole (its processor call makes every tensor match input_ids); a span boundary is placed
-on that token sequence by tokenizing the text after it (no image follows) or running the processor on the text
-before it (an image follows, whose expansion only the processor knows), and checking the pieces line up.
+on that token sequence by tokenizing the text after it (no image or video follows) or running the processor on the
+text before it (an image or video follows, whose expansion only the processor knows), and checking the pieces line
+up. A row's `images` are its visuals: its images, then its video clips (sft.video.Clip), each counted by the marker
+the template writes for it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from difflib import SequenceMatcher
 
 from sft.errors import UserError
+from sft.video_batch import split_visuals
 
 IGNORE_INDEX = -100
 
@@ -18,11 +21,21 @@ IGNORE_INDEX = -100
 class TokenLabels:
     """Places supervised character spans on a row's token ids."""
 
-    def __init__(self, tokenizer, image_token: str | None, process: Callable, placeholder_ids: frozenset = frozenset()):
+    def __init__(self, tokenizer, image_token: str | None, process: Callable, placeholder_ids: frozenset = frozenset(),
+                 video_token: str | None = None):
         self.tokenizer = tokenizer
         self.image_token = image_token
-        self.process = process  # (texts, images) -> the processor's batch, for the text before an image
+        self.video_token = video_token  # what the template writes per video (the processor's video_token)
+        self.process = process  # (texts, visuals) -> the processor's batch, for the text before an image or video
         self.placeholder_ids = placeholder_ids  # the image marker's and the processor's image/video token ids
+
+    def visuals_before(self, text: str, char: int, images: list) -> list:
+        """The row's images and clips whose markers lie before `char` (all of them: nothing follows)."""
+        head = text[:char]
+        pictures, clips = split_visuals(images)
+        seen_images = head.count(self.image_token) if self.image_token else 0
+        seen_clips = head.count(self.video_token) if self.video_token and clips else 0
+        return pictures[:seen_images] + clips[:seen_clips]
 
     def splits_at(self, text: str, char: int) -> bool:
         """Whether the tokenizer puts a token boundary at `char` (checked on the text around it)."""
@@ -44,26 +57,28 @@ class TokenLabels:
             start -= 1
         return start
 
-    def tails(self, text: str, chars: list[int], n_images: int) -> list[str]:
-        """Text after each boundary that has no image after it (those are counted from the end of the row)."""
-        return [text[c:] for c in chars if not self.image_token or text[:c].count(self.image_token) == n_images]
+    def tails(self, text: str, chars: list[int], images: list) -> list[str]:
+        """Text after each boundary that has no image or video after it (those are counted from the end of the
+        row)."""
+        return [text[c:] for c in chars if len(self.visuals_before(text, c, images)) == len(images)]
 
     def token_indices(self, text: str, chars: list[int], ids: list[int], images: list,
                       tail_ids: list[list[int]] | None = None) -> list[int | None]:
         """Index in `ids` (the full row's tokens) of the token that starts at each character of `chars`; None where
         no token starts there (the tokenizer merged across it)."""
         if tail_ids is None:
-            tails = self.tails(text, chars, len(images))
+            tails = self.tails(text, chars, images)
             tail_ids = self.tokenizer(tails, add_special_tokens=False)["input_ids"] if tails else []
         tail_ids = iter(tail_ids)
         indices = []
         for char in chars:
-            images_before = text[:char].count(self.image_token) if self.image_token else 0
+            before = self.visuals_before(text, char, images)
+            images_before = len(before)
             if images_before == len(images):
                 tail = next(tail_ids)
                 index, same = len(ids) - len(tail), ids[len(ids) - len(tail):] == tail
             else:  # an image follows: run the processor on the head, with the images it holds
-                head = self.process([text[:char]], [images[:images_before]] if images_before else None)
+                head = self.process([text[:char]], [before] if before else None)
                 head_ids = head["input_ids"][0].tolist()
                 index, same = len(head_ids), ids[: len(head_ids)] == head_ids
             if not same and 0 < images_before < len(images) and self.splits_at(text, char):

@@ -17,12 +17,14 @@ from sft.guards import DivergenceGuard, SaveOnInterrupt, check_output_dir, last_
 from sft.image_budget import match_model_to_processor
 from sft.labelling import Labeller, make_collator
 from sft.metrics import bleu_tokenizer, check_metric_for_best_model, default_metrics
+from sft.mixture import Mixture, load_mixture
 from sft.model import liger_unavailable, load_config, load_model, load_processor_and_family, meta_model
 from sft.packing import PackedBatches, pack_rows, pack_summary, packing_mode, refuse_unpackable
 from sft.parts import PARTS, parameter_counts, refuse_untold, set_trainable
 from sft.plan import apply_auto
 from sft.recipe import Recipe
 from sft.run_outputs import losses, plot_loss, write_manifest
+from sft.run_report import write_report
 from sft.sources import split_sources
 from sft.targets import describe_targets, lora_config, not_quantized
 from sft.trainer import GenerationMetricsSFTTrainer
@@ -32,11 +34,14 @@ def log(message: str) -> None:
     print(f"[sft] {message}", file=sys.stderr, flush=True)
 
 
-def prepare_split(recipe: Recipe, collator: Labeller, name: str, rows):
-    """Rows of one split, measured against max_length; prints the kept/dropped/truncated counts."""
+def prepare_split(recipe: Recipe, collator: Labeller, name: str, rows, mixture: Mixture | None = None):
+    """Rows of one split, measured against max_length; prints the kept/dropped/truncated counts (and, for a
+    `datasets` mixture, each source's)."""
     kept, report = fit_to_length(rows, collator, recipe.training.max_length, recipe.data.truncation, name,
                                  num_proc=recipe.training.dataset_num_proc)
     log(str(report))
+    for line in mixture.fitted(name, kept) if mixture else ():
+        log(line)
     return kept, report
 
 
@@ -80,7 +85,8 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
 
     # ---- processor, family and collator: the family is found here once and passed on ------------------------
     processing_class, family = load_processor_and_family(model_args, args.trust_remote_code, data.family,
-                                                         args.chat_template_path, data.image_budget)
+                                                         args.chat_template_path, data.image_budget,
+                                                         data.video_budget)
     log(f"family: {family.name}, found by {family.found_by}")
     refuse_untold(family, recipe.parts)  # a part the table cannot tell apart stays frozen
     refuse_unpackable(family, args)  # packing / padding_free: refused here, before any weights load, if not exact
@@ -96,16 +102,20 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
 
     # ---- data: validated, measured, counted before any weights load ----------------------------------------
     # train_file or dataset_name[dataset_train_split]; eval_file, dataset_name[dataset_test_split] or a held-out share.
-    sources = dict(split_sources(data))
-    train_rows = load_rows(sources["train"], data.image_root, data.column_map)
-    eval_rows = load_rows(sources["eval"], data.image_root, data.column_map) if "eval" in sources else None
-    eval_split = None
-    if data.eval_split_size:
+    if data.datasets:  # several sources, each sized by fraction or weight, eval rows per source (sft/mixture.py)
+        mixture = load_mixture(data, args.seed)
+        train_rows, eval_rows, eval_split = mixture.train, mixture.eval, mixture.eval_split
+    else:
+        mixture, sources = None, dict(split_sources(data))
+        train_rows = load_rows(sources["train"], data.image_root, data.column_map)
+        eval_rows = load_rows(sources["eval"], data.image_root, data.column_map) if "eval" in sources else None
+        eval_split = None
+    if data.eval_split_size and not mixture:
         where = sources["train"].name
         train_rows, eval_rows, eval_split = split_rows(train_rows, data.eval_split_size, data.eval_split_seed, where)
         log(f"eval split: {eval_split['eval_rows']} of {len(train_rows) + len(eval_rows)} rows of "
             f"{where} held out (eval_split_size {data.eval_split_size:g}, seed {data.eval_split_seed})")
-    train_rows, train_report = prepare_split(recipe, collator, "train", train_rows)
+    train_rows, train_report = prepare_split(recipe, collator, "train", train_rows, mixture)
     check_fit(train_report, len(train_rows), data.max_dropped_fraction)
     train_set, batches, packed = train_rows, collator, packing_mode(args)
     if packed:  # packs of rows laid end to end (sft/packing.py); evaluation and generation stay unpacked
@@ -117,7 +127,7 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
         # TRL's SFTTrainer refuses a custom collator with either key; they are set back once it is built.
     reports = [train_report]
     if eval_rows is not None:
-        eval_rows, eval_report = prepare_split(recipe, collator, "eval", eval_rows)
+        eval_rows, eval_report = prepare_split(recipe, collator, "eval", eval_rows, mixture)
         check_fit(eval_report, len(eval_rows), data.max_dropped_fraction)
         reports.append(eval_report)
 
@@ -207,8 +217,9 @@ def main(recipe: Recipe, extra_callbacks: list | None = None) -> dict:
     processing_class.save_pretrained(str(out))
     write_manifest(recipe, out, reports, metrics, base_config=model.config,
                    evaluation={"metrics": eval_metrics, "why": why, "split": eval_split} if eval_rows is not None
-                   else None, model_setup=model_setup)
+                   else None, model_setup=model_setup, datasets=mixture.manifest() if mixture else None)
     plot_loss(trainer.state.log_history, out / "loss_curve.png")
+    log(f"report: {write_report(out)}")  # recipe, curves, each evaluation's predictions beside the rows' images
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
                         if k in ("first_loss", "last_loss", "eval_loss", *(f"eval_{m}" for m in eval_metrics))
                         and v is not None)

@@ -44,6 +44,21 @@ def write_image(path: Path, colour=(40, 90, 220), size=(30, 40)) -> Path:
     return path
 
 
+def write_video(path: Path, colour=(40, 90, 220), frames: int = 4, size=(32, 32), fps: int = 2) -> Path:
+    """A tiny clip of `frames` solid-colour frames (height, width `size`, even), written with PyAV (mpeg4 in mp4)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.zeros((*size, 3), dtype=np.uint8) + np.array(colour, dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for _ in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     """Rows as JSONL; a str item is written verbatim (for malformed lines)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, write_video
 
 sys.path.insert(0, str(REPO / "bench"))
 import bench  # noqa: E402
@@ -42,6 +42,17 @@ def test_memory_row_builds_the_training_dataset_in_a_fresh_process(tiny_models, 
     data = bench.write_memory_rows("parquet_image", tmp_path, 4, random.Random(0), tmp_path)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"model_name_or_path: {tiny_models['mllama']}\ntrain_file: {data}\nmax_length: 1024\n")
+    peak_mib, seconds = bench.peak_rss("dataset", recipe)
+    assert peak_mib > 0 and seconds > 0
+
+
+def test_video_memory_row_builds_the_training_dataset_of_video_rows_in_a_fresh_process(family_models, tmp_path):
+    for index in range(4):
+        write_video(tmp_path / f"{index}.mp4")
+    data = bench.write_memory_rows("video", tmp_path, 4, random.Random(0), tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_name_or_path: {family_models.folder('qwen2_5_vl')}\ntrain_file: {data}\n"
+                      "max_length: 1024\n")
     peak_mib, seconds = bench.peak_rss("dataset", recipe)
     assert peak_mib > 0 and seconds > 0
 

@@ -66,4 +66,4 @@ def test_missing_train_file_and_bad_yaml_are_one_line_errors(tmp_path):
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_recipe_parses(path):
     recipe = load_recipe(path)
-    assert recipe.data.train_file and recipe.model.model_name_or_path
+    assert (recipe.data.train_file or recipe.data.datasets) and recipe.model.model_name_or_path

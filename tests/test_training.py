@@ -46,7 +46,7 @@ def test_short_run_writes_adapter_processor_manifest_and_loss_curve(tiny_models,
 
     run = tmp_path / "run"
     for name in ("adapter_model.safetensors", "adapter_config.json", "run_manifest.json", "loss_curve.png",
-                 "trainer_state.json", "tokenizer.json", "chat_template.jinja"):
+                 "report.html", "trainer_state.json", "tokenizer.json", "chat_template.jinja"):
         assert (run / name).is_file(), name
     adapter = load_file(run / "adapter_model.safetensors")
     assert adapter and all("lora_" in key for key in adapter)

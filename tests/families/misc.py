@@ -167,10 +167,10 @@ def smolvlm_config(tok):
 
 
 def smolvlm_processor(tok, template: str):
-    image_processor = tf.SmolVLMImageProcessorPil(size={"longest_edge": 2 * SMOLVLM_TILE},
-                                                  max_image_size={"longest_edge": SMOLVLM_TILE})
+    sizes = dict(size={"longest_edge": 2 * SMOLVLM_TILE}, max_image_size={"longest_edge": SMOLVLM_TILE})
+    image_processor = tf.SmolVLMImageProcessorPil(**sizes)
     return tf.SmolVLMProcessor(image_processor=image_processor, tokenizer=tok,
-                               video_processor=tf.SmolVLMVideoProcessor(), chat_template=template,
+                               video_processor=tf.SmolVLMVideoProcessor(**sizes), chat_template=template,
                                image_seq_len=(SMOLVLM_TILE // SMOLVLM_PATCH) ** 2 // SMOLVLM_SCALE**2)
 
 

@@ -51,11 +51,17 @@ class Case:
     system: str | None = None  # a system turn the element rows need to train (tests/families/report.py)
     two_image_turns_refused: str | None = None  # regex of the one-line refusal of images in two turns
     round_trip: bool = False  # an 8-bit run exported, merged and predicted (tests/families/round_trip.py)
+    videos: bool = True  # False: the table entry takes video, this checkpoint's processor does not (SmolVLM v1)
 
     @property
     def vision(self) -> bool:
         """Whether the case takes images (and so trains on the element task)."""
         return True in self.images
+
+    @property
+    def video(self) -> bool:
+        """Whether the case takes videos (tests/test_family_video.py): its table entry names video inputs."""
+        return bool(self.family.video_inputs) and self.videos
 
     @property
     def template_path(self) -> Path | None:
@@ -89,7 +95,8 @@ CASES = (
     Case("llama", family_named("llama"), from_sft_tiny("llama"), images=(False,)),
     Case("mllama", family_named("mllama"), from_sft_tiny("mllama")),
     # SmolVLM's template writes "Assistant:" as the generation prompt and "Assistant: reply" for the turn.
-    Case("idefics3", family_named("idefics3"), from_sft_tiny("idefics3"), reply_prefix=" "),
+    # SmolVLM v1 (Idefics3Processor: no video processor) shares SmolVLM2's table entry.
+    Case("idefics3", family_named("idefics3"), from_sft_tiny("idefics3"), reply_prefix=" ", videos=False),
     Case("qwen2_vl", family_named("qwen2_vl"), from_spec(qwen.SPECS["qwen2_vl"]), "trl_qwen2_5_vl.jinja"),
     Case("qwen2_5_vl", family_named("qwen2_5_vl"), from_spec(qwen.SPECS["qwen2_5_vl"]), "trl_qwen2_5_vl.jinja",
          round_trip=True),
@@ -133,6 +140,7 @@ CASES = (
 )
 BY_NAME = {case.name: case for case in CASES}
 VISION = tuple(case for case in CASES if case.vision)
+VIDEO = tuple(case for case in CASES if case.video)
 
 
 NO_TEMPLATES = pytest.mark.skipif(not CHAT_TEMPLATES.is_dir(), reason=f"{CHAT_TEMPLATES} is absent")

@@ -1,9 +1,10 @@
 """A training run per tiny family on the element task (image → water / fire), scored by generation.
 
-    .venv/bin/python -m tests.families.report [--packing | --padding_free] [case ...]   # one line a family
+    .venv/bin/python -m tests.families.report [--packing | --padding_free | --video] [case ...]   # one line a family
 
-`train_elements` and `assert_learns` are what the family contract runs (tests/test_family_contract.py); run as a
-module it prints each family's first → last training loss and eval accuracy, the figures the issue notes report.
+`train_elements` and `assert_learns` are what the family contract runs (tests/test_family_contract.py), `train_clips`
+the same task on clips (tests/test_family_video.py, `--video`); run as a module it prints each family's first →
+last training loss and eval accuracy, the figures the issue notes report.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 
 from sft.recipe import load_recipe
 from sft.train import main as train
-from tests.families.registry import BY_NAME, VISION, Case, build
-from tests.test_training import recipe_for
+from tests.conftest import write_jsonl, write_video
+from tests.families.registry import BY_NAME, VIDEO, VISION, Case, build
+from tests.test_training import ELEMENTS, recipe_for
 
 
 def train_elements(case: Case, model_dir: Path, root: Path, epochs: int = 12, **keys) -> dict:
@@ -31,6 +33,22 @@ def train_elements(case: Case, model_dir: Path, root: Path, epochs: int = 12, **
             rows = [json.loads(text) for text in data.read_text(encoding="utf-8").splitlines()]
             data.write_text("".join(json.dumps({**row, "system": case.system}) + "\n" for row in rows),
                             encoding="utf-8")
+    return train(load_recipe(recipe))
+
+
+def train_clips(case: Case, model_dir: Path, root: Path, epochs: int = 24, **keys) -> dict:
+    """`train_elements` with a clip in place of the image: 4 solid-colour frames (blue: water, red: fire), 2 a
+    second, sampled by the recipe's frame budget (video_max_frames 4)."""
+    recipe = recipe_for(root, model_dir, with_images=False, max_length=1024, num_train_epochs=epochs,
+                        learning_rate=5e-3, eval_strategy="no", logging_steps=4, **({"video_max_frames": 4} | keys))
+    for data, count in ((root / "train.jsonl", 8), (root / "val.jsonl", 4)):
+        rows = []
+        for index in range(count):
+            label = list(ELEMENTS)[index % 2]
+            write_video(root / f"{label}.mp4", ELEMENTS[label])
+            rows.append({"prompt": "What element is shown?", "target": label, "video": f"{label}.mp4"}
+                        | ({"system": case.system} if case.system else {}))
+        write_jsonl(data, rows)
     return train(load_recipe(recipe))
 
 
@@ -56,12 +74,12 @@ PACKED_RUNS = {"packing": {"packing": True, "per_device_train_batch_size": 1, "e
 
 def main(names: list[str]) -> None:
     logging.disable(logging.WARNING)
-    mode = names.pop(0).lstrip("-") if names and names[0] in ("--packing", "--padding_free") else None
-    for case in [BY_NAME[name] for name in names] or VISION:
+    mode = names.pop(0).lstrip("-") if names and names[0] in ("--packing", "--padding_free", "--video") else None
+    for case in [BY_NAME[name] for name in names] or (VIDEO if mode == "video" else VISION):
         with tempfile.TemporaryDirectory() as folder:
             started = time.perf_counter()
-            metrics = train_elements(case, build(case, Path(folder) / "model"), Path(folder),
-                                     **PACKED_RUNS.get(mode, {}))
+            run = train_clips if mode == "video" else train_elements
+            metrics = run(case, build(case, Path(folder) / "model"), Path(folder), **PACKED_RUNS.get(mode, {}))
             print(f"{line(case.name, metrics)} ({time.perf_counter() - started:.0f} s)", flush=True)
 
 

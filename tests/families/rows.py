@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sft.collator import IGNORE_INDEX
-from tests.conftest import write_image
+from tests.conftest import write_image, write_video
 
 SHAPES = {
     "instruction": [{"role": "user", "content": "Define the construction term.\n\nrebar"},
@@ -28,6 +28,25 @@ def row(tmp_path: Path, messages: list[dict], images: int = 0, where: str = "t.j
     """A collator row (as sft.dataset stores it) with `images` copies of one 50 x 36 image."""
     paths = [str(write_image(tmp_path / "img.png", size=(36, 50)))] * images
     return {"where": where, "row": 1, "messages": messages, "stored_images": paths}
+
+
+# A video in the first user turn, an image in the second: the first reply's span lies before the image.
+VIDEO_THEN_IMAGE = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What element?"}]},
+                    {"role": "assistant", "content": "water"},
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And this one?"}]},
+                    {"role": "assistant", "content": "fire"}]
+# An image in the first user turn, a video in the second: the first reply's span lies before the video.
+IMAGE_THEN_VIDEO = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What element?"}]},
+                    {"role": "assistant", "content": "fire"},
+                    {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "And this one?"}]},
+                    {"role": "assistant", "content": "water"}]
+
+
+def video_row(tmp_path: Path, messages: list[dict], frames: tuple[int, ...] = (4,), images: int = 0,
+              where: str = "t.jsonl:1") -> dict:
+    """A collator row with a clip of each of `frames` frames (2 a second, 32 x 32) and `images` images."""
+    videos = [str(write_video(tmp_path / f"clip{count}.mp4", frames=count)) for count in frames]
+    return {**row(tmp_path, messages, images, where), "stored_videos": videos}
 
 
 def supervised_text(collator, batch, index: int = 0) -> str:
