@@ -84,9 +84,10 @@ def dry_run(args, overrides, recipe, strategy) -> int:
 
     launch = f"; accelerate config {args.accelerate_config}: {strategy}" if strategy else ""
     print(f"recipe {args.recipe}: ok{launch}")
-    plan = make_plan(recipe)
+    measured: dict = {}
+    code = check(*_recipe_and_collator(args, overrides), measured)  # every row read first: the plan uses them
+    plan = make_plan(recipe, measured)
     print(render(plan))
-    code = check(*_recipe_and_collator(args, overrides))
     if not plan.fits:
         print("dry run: the plan does not fit gpu_memory_gib", file=sys.stderr)
     return code or (0 if plan.fits else 1)

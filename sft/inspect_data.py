@@ -56,8 +56,9 @@ def sources_of_split(recipe: Recipe, split: str) -> list[Source]:
     return sources
 
 
-def check(recipe: Recipe, collator: Labeller) -> int:
-    """Validate every row of every data source; print each problem and a summary. Returns the exit code."""
+def check(recipe: Recipe, collator: Labeller, measured: dict | None = None) -> int:
+    """Validate every row of every data source; print each problem and a summary. Returns the exit code.
+    `measured` gets the train rows' longest kept length and most visual tokens (for the plan: sft.plan)."""
     failed = False
     for name, source in data_sources(recipe.data):  # a `datasets` mixture: each entry's split and test_split
         counts, errors, supervised, visual = Counter(), 0, 0, []
@@ -72,6 +73,9 @@ def check(recipe: Recipe, collator: Labeller) -> int:
             counts["image_dropped"] += dropped_for_images(fit["status"], fit["length"], fit["image_tokens"], max_length)
             supervised += fit["supervised_tokens"]
             visual += [fit["image_tokens"]] if fit["image_count"] else []
+            if measured is not None and name == "train" and fit["status"] != "dropped":
+                measured["longest"] = max(measured.get("longest", 0), fit["length"])
+                measured["visual_tokens"] = max(measured.get("visual_tokens", 0), fit["image_tokens"])
         total = sum(counts[status] for status in ("ok", "truncated", "dropped")) + errors
         image_dropped = counts["image_dropped"]
         print(f"{name} {source.name}: {total} rows, {counts['ok']} ok, {counts['truncated']} prompt-shortened, "

@@ -33,20 +33,27 @@ class PartCosts:
     why_patches: str = ""
 
 
-def vision_patches(vision_config, image_max_pixels: int | None) -> tuple[int, str]:
-    """Patches the vision tower sees for one image, and where the figure comes from."""
+def vision_patches(vision_config, image_max_pixels: int | None, visual_tokens: int | None = None) -> tuple[int, str]:
+    """Patches the vision tower sees for one row, and where the figure comes from: a fixed-size tower's config;
+    else (Qwen-VL) the most visual tokens a measured row has, each `spatial_merge_size`² patches; else
+    image_max_pixels or an assumed image."""
     patch = getattr(vision_config, "patch_size", 14)
     size = getattr(vision_config, "image_size", None)
     if isinstance(size, int):
         tiles = getattr(vision_config, "max_num_tiles", 1) or 1
         return tiles * (size // patch) ** 2, f"{tiles} x {size}px tiles of {patch}px patches"
+    merge = getattr(vision_config, "spatial_merge_size", None)
+    if visual_tokens and merge:
+        return visual_tokens * merge**2, (f"{visual_tokens} visual tokens (the most a measured row has) x "
+                                          f"{merge * merge} patches each")
     pixels = image_max_pixels or ASSUMED_IMAGE_PIXELS
     why = "image_max_pixels" if image_max_pixels else "an assumed 1024 x 1024 image; set image_max_pixels"
     return pixels // patch**2, f"{pixels:,} px ({why}) in {patch}px patches"
 
 
 def part_costs(model: torch.nn.Module, config, family: Family, parts: Parts, targets, lora_r: int,
-               weight_bytes: float, image_max_pixels: int | None = None) -> PartCosts:
+               weight_bytes: float, image_max_pixels: int | None = None,
+               visual_tokens: int | None = None) -> PartCosts:
     """The plan's figures for `parts` on the meta-device `model` (`targets`: LoRA's layers; `weight_bytes`: what a
     kept weight takes as loaded)."""
     params = parameter_counts(model, family)
@@ -60,7 +67,7 @@ def part_costs(model: torch.nn.Module, config, family: Family, parts: Parts, tar
     vision = getattr(config, "vision_config", None)
     if vision is None or parts.vision_tower == "frozen":
         return PartCosts(params, trainable, state, 0, 0, 0)
-    patches, why = vision_patches(vision, image_max_pixels)
+    patches, why = vision_patches(vision, image_max_pixels, visual_tokens)
     layers = (getattr(vision, "num_hidden_layers", None) or getattr(vision, "depth", 0)) + (
         getattr(vision, "num_global_layers", 0) or 0)
     return PartCosts(params, trainable, state, patches, layers, vision.hidden_size, why)

@@ -127,8 +127,11 @@ class Plan:
         return self.fits_in(self.gradient_checkpointing, self.batch)
 
 
-def make_plan(recipe: Recipe) -> Plan:
-    """The estimate for the recipe, with its `auto` keys chosen (see `choose`)."""
+def make_plan(recipe: Recipe, measured: dict | None = None) -> Plan:
+    """The estimate for the recipe, with its `auto` keys chosen (see `choose`). `measured` (from `sft train
+    --dry-run`, which reads every row: sft.inspect_data.check) plans rows at the longest measured row and a
+    trainable vision tower at the most visual tokens a row has, instead of max_length and an assumed image."""
+    measured = measured or {}
     args, model_args = recipe.training, recipe.model
     model, config = build_on_meta(model_args.model_name_or_path)
     family = find_family(config.model_type, None, recipe.data.family)
@@ -153,9 +156,11 @@ def make_plan(recipe: Recipe) -> Plan:
     kept_bytes = 4 if bits < 16 and recipe.data.kbit_fp32_upcast else dtype_bytes
     weights = quantized_bytes + (total - quantized) * kept_bytes
     costs = part_costs(model, config, family, parts, targets, model_args.lora_r, kept_bytes,
-                       recipe.data.image_max_pixels)
+                       recipe.data.image_max_pixels, measured.get("visual_tokens"))
     hidden, layers, heads = text.hidden_size, text.num_hidden_layers, text.num_attention_heads
     max_length = args.max_length or 1024
+    longest = measured.get("longest") if not packing_mode(args) else None  # a padded batch: its longest row
+    max_length = min(max_length, longest) if longest else max_length
     attention = model_args.attn_implementation or "sdpa"
     vocab = model.get_output_embeddings().out_features
     plan = Plan(
@@ -174,6 +179,9 @@ def make_plan(recipe: Recipe) -> Plan:
         gradient_checkpointing=bool(args.gradient_checkpointing), eager_heads=heads if attention == "eager" else 0,
         packed=packing_mode(args), mask_bytes=0 if attention.startswith("flash") else dtype_bytes,
         parts=costs, choices=parts.describe())
+    if longest and longest < (args.max_length or 1024):
+        plan.decisions.append(f"rows planned at {longest} tokens, the longest measured row "
+                              f"(max_length {args.max_length})")
     choose(plan, recipe)
     return plan
 

@@ -113,3 +113,21 @@ def test_qwen2_5_vl_7b_recipe_dry_run_checks_rows_with_a_qwen2_5_vl_processor(fa
     assert sft(args) == 0
     out = capsys.readouterr().out
     assert "accelerate config" in out and out.count("2 rows, 2 ok") == 2 and "0 bad" in out
+
+
+@NO_TEMPLATES
+def test_a_dry_run_plans_rows_and_a_trainable_vision_tower_at_what_the_rows_measure(family_models, tmp_path, capsys):
+    """`sft train --dry-run` reads every row first: the plan takes the longest row and the most visual tokens a
+    row has (Qwen: each token 2 x 2 merged patches) instead of max_length and an assumed 1024 x 1024 image."""
+    write_image(tmp_path / "0.png", size=(56, 84))
+    train_file = write_jsonl(tmp_path / "train.jsonl", [{"image": "0.png", "prompt": "What?", "target": "fire"}] * 2)
+    args = ["train", str(QWEN2_5_VL_7B_RECIPE), "--dry-run", "--train_file", str(train_file), "--eval_file",
+            str(train_file), "--model_name_or_path", str(family_models.folder("qwen2_5_vl")),
+            "--train_vision_tower", "lora"]
+    sft(args)
+    out = capsys.readouterr().out
+    most = int(out.split("visual tokens per image row: ")[1].split(" max ")[1].split(" ")[0])  # as sft check measured
+    assert f"vision tower activations: {most} visual tokens (the most a measured row has) x 4 patches each" in out
+    assert f"activations (vision tower, 4 x {most * 4} patches)" in out
+    longest = int(out.split("rows planned at ")[1].split(" tokens")[0])
+    assert 6 < longest < 1024 and f"activations (batch 4 x {longest})" in out
