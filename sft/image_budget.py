@@ -47,17 +47,23 @@ def _edge_of(pixels: int, unit: int) -> int:
     return math.isqrt(pixels) // unit * unit
 
 
-def _pixels(ip, budget: ImageBudget, name: str) -> None:
+# What a pixel setter bounds, for its refusals: the recipe key's prefix, the processor, what one item is. The same
+# setters serve a video's frames (sft/video_budget.py), with the recipe's video_max_pixels.
+KINDS = {"image": ("image", "processor", "image"), "video": ("video", "video processor", "frame")}
+
+
+def pixels(ip, budget: ImageBudget, name: str, kind: str = "image") -> None:
     """Qwen-VL: size = {shortest_edge: min_pixels, longest_edge: max_pixels}, pixel counts that smart_resize keeps the
     image between, in multiples of patch_size x merge_size."""
     from transformers.image_utils import SizeDict
 
+    key, processor, item = KINDS[kind]
     unit = ip.patch_size * ip.merge_size
     low, high = ip.size["shortest_edge"], ip.size["longest_edge"]
     if budget.max_pixels is not None:
         if budget.max_pixels < unit * unit:
-            raise UserError(f"image_max_pixels {budget.max_pixels} is below one merged patch of {name}'s processor "
-                            f"({unit}x{unit} = {unit * unit} px), the smallest image it makes")
+            raise UserError(f"{key}_max_pixels {budget.max_pixels} is below one merged patch of {name}'s {processor} "
+                            f"({unit}x{unit} = {unit * unit} px), the smallest {item} it makes")
         high = min(high, budget.max_pixels)
         low = min(low, high)  # smart_resize scales a small image up to min_pixels: the budget wins over it
     if budget.min_pixels is not None:
@@ -134,15 +140,16 @@ def _tiles(ip, budget: ImageBudget, name: str, setting: str) -> None:
         ip.min_patches = least
 
 
-def _soft_tokens(ip, budget: ImageBudget, name: str) -> None:
+def soft_tokens(ip, budget: ImageBudget, name: str, kind: str = "image") -> None:
     """Gemma 4: max_soft_tokens, one of GEMMA4_SOFT_TOKENS; the image is scaled (up or down) to at most that many
     pooled patches of (patch_size x pooling_kernel_size)^2 px."""
     _min_refused(budget, f"{name}'s processor already scales every image up to its max_soft_tokens")
     if budget.max_pixels is not None:
+        key, processor, item = KINDS[kind]
         per_token = (ip.patch_size * ip.pooling_kernel_size) ** 2
         fitting = [n for n in GEMMA4_SOFT_TOKENS if n * per_token <= budget.max_pixels and n <= ip.max_soft_tokens]
         if not fitting:
-            raise UserError(f"image_max_pixels {budget.max_pixels} is below the smallest image {name}'s processor "
+            raise UserError(f"{key}_max_pixels {budget.max_pixels} is below the smallest {item} {name}'s {processor} "
                             f"makes ({GEMMA4_SOFT_TOKENS[0]} soft tokens of {per_token} px)")
         ip.max_soft_tokens = fitting[-1]
 
@@ -163,10 +170,10 @@ def _fixed_tiles(ip, budget: ImageBudget, name: str) -> None:
 
 
 SETTERS = {
-    "pixels": _pixels, "longest_edge": _pixtral, "tiled_longest_edge": _tiled_longest_edge, "pinpoints": _pinpoints,
+    "pixels": pixels, "longest_edge": _pixtral, "tiled_longest_edge": _tiled_longest_edge, "pinpoints": _pinpoints,
     "max_patches": lambda ip, budget, name: _tiles(ip, budget, name, "max_patches"),
     "dynamic_hd": lambda ip, budget, name: _tiles(ip, budget, name, "dynamic_hd"),
-    "soft_tokens": _soft_tokens, "fixed_size": _fixed_size, "fixed_tiles": _fixed_tiles,
+    "soft_tokens": soft_tokens, "fixed_size": _fixed_size, "fixed_tiles": _fixed_tiles,
 }
 IMAGE_BUDGETS = tuple(SETTERS)  # the values of Family.image_budget: the setting a budget goes to
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sft.errors import UserError
 from sft.families import Family
-from sft.image_budget import GEMMA4_SOFT_TOKENS
+from sft.image_budget import ImageBudget, pixels, soft_tokens
 from sft.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, FPS_SETTING, MAX_FRAMES_SETTING
 
 
@@ -33,26 +33,14 @@ class VideoBudget:
 
 
 def _pixels(vp, max_pixels: int, name: str) -> None:
-    """Qwen-VL: size = {shortest_edge: min_pixels, longest_edge: max_pixels} of one frame, kept by smart_resize in
-    multiples of patch_size x merge_size (a frame smaller than min_pixels is scaled up: the budget wins over it)."""
-    from transformers.image_utils import SizeDict
-
-    unit = vp.patch_size * vp.merge_size
-    if max_pixels < unit * unit:
-        raise UserError(f"video_max_pixels {max_pixels} is below one merged patch of {name}'s video processor "
-                        f"({unit}x{unit} = {unit * unit} px), the smallest frame it makes")
-    high = min(vp.size["longest_edge"], max_pixels)
-    vp.size = SizeDict(shortest_edge=min(vp.size["shortest_edge"], high), longest_edge=high)
+    """Qwen-VL: size = {shortest_edge: min_pixels, longest_edge: max_pixels} of one frame, as for an image (a frame
+    smaller than min_pixels is scaled up: the budget wins over it)."""
+    pixels(vp, ImageBudget(max_pixels=max_pixels), name, kind="video")
 
 
 def _soft_tokens(vp, max_pixels: int, name: str) -> None:
-    """Gemma 4: max_soft_tokens of one frame, one of GEMMA4_SOFT_TOKENS (pooled patches of (patch x kernel)^2 px)."""
-    per_token = (vp.patch_size * vp.pooling_kernel_size) ** 2
-    fitting = [n for n in GEMMA4_SOFT_TOKENS if n * per_token <= max_pixels and n <= vp.max_soft_tokens]
-    if not fitting:
-        raise UserError(f"video_max_pixels {max_pixels} is below the smallest frame {name}'s video processor makes "
-                        f"({GEMMA4_SOFT_TOKENS[0]} soft tokens of {per_token} px)")
-    vp.max_soft_tokens = fitting[-1]
+    """Gemma 4: max_soft_tokens of one frame, as for an image."""
+    soft_tokens(vp, ImageBudget(max_pixels=max_pixels), name, kind="video")
 
 
 def _fixed_size(vp, max_pixels: int, name: str) -> None:
