@@ -44,10 +44,10 @@ quiet_library_noise()
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from sft.collator import CompletionOnlyCollator  # noqa: E402
-from sft.messages import with_images  # noqa: E402
-from sft.run_outputs import _git_commit, _versions  # noqa: E402
-from sft.tiny import build_tiny  # noqa: E402
+from sft.data.messages import with_images  # noqa: E402
+from sft.labels.collator import CompletionOnlyCollator  # noqa: E402
+from sft.model.tiny import build_tiny  # noqa: E402
+from sft.outputs.manifest import _git_commit, _versions  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from packing import bench_packing  # noqa: E402
@@ -160,8 +160,8 @@ def bench_training(model_dir: Path, work: Path, rows: list[dict], steps: int) ->
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from sft.recipe import load_recipe
-    from sft.train import main as train
+    from sft.config.recipe import load_recipe
+    from sft.run.train import main as train
 
     data = work / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -236,11 +236,11 @@ if {what!r} == "check":
     with contextlib.redirect_stdout(io.StringIO()):
         code = main(["check", {recipe!r}])
 else:
-    from sft.recipe import load_recipe
-    from sft.train import prepare_split
-    from sft.labelling import make_collator
-    from sft.model import load_processor_and_family
-    from sft.dataset import load_rows
+    from sft.config.recipe import load_recipe
+    from sft.run.train import prepare_split
+    from sft.labels.labelling import make_collator
+    from sft.model.loading import load_processor_and_family
+    from sft.labels.dataset import load_rows
     recipe = load_recipe({recipe!r})
     collator = make_collator(*load_processor_and_family(recipe.model), max_length=recipe.training.max_length)
     rows = load_rows(recipe.data.train_file, recipe.data.image_root, recipe.data.column_map)

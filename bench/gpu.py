@@ -109,7 +109,7 @@ def qwen_processor():
     """Qwen2_5_VLProcessor with Qwen's chat template and special tokens around a small byte-level BPE."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    from sft.tiny import build_tokenizer
+    from sft.model.tiny import build_tokenizer
 
     tok = build_tokenizer(QWEN_SPECIALS, vocab_size=2000)
     tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
@@ -216,8 +216,8 @@ def recipe_overrides(model: Path, data: Path, steps: int, out: Path, extra: list
 
 
 def run_ours(model: Path, data: Path, steps: int, out: Path, extra: list[str], timer: StepTimer) -> dict:
-    from sft.recipe import load_recipe
-    from sft.train import main as train
+    from sft.config.recipe import load_recipe
+    from sft.run.train import main as train
 
     recipe = load_recipe(RECIPE, recipe_overrides(model, data, steps, out, extra))
     metrics = train(recipe, extra_callbacks=[timer.callback])
@@ -256,7 +256,7 @@ def run_trl(model: Path, data: Path, steps: int, out: Path, timer: StepTimer) ->
                          peft_config=get_peft_config(model_args), callbacks=[timer.callback])
     result = trainer.train()
     trainer.save_state()
-    from sft.run_outputs import losses
+    from sft.outputs.manifest import losses
 
     first, last = losses(trainer.state.log_history)
     return {"metrics": dict(result.metrics) | {"first_loss": first, "last_loss": last},
@@ -265,8 +265,8 @@ def run_trl(model: Path, data: Path, steps: int, out: Path, timer: StepTimer) ->
 
 def plan_for(extra: list[str], model: Path, data: Path, steps: int, out: Path) -> float:
     """The plan's estimate (GiB) for the recipe this run used, `auto` keys chosen as the run chose them."""
-    from sft.plan import GIB, make_plan
-    from sft.recipe import load_recipe
+    from sft.config.recipe import load_recipe
+    from sft.plan.estimate import GIB, make_plan
 
     plan = make_plan(load_recipe(RECIPE, recipe_overrides(model, data, steps, out, extra)))
     return plan.total(plan.gradient_checkpointing) / GIB
@@ -298,7 +298,7 @@ def run_child(name: str, model: Path, data: Path, steps: int, out: Path) -> dict
     timer = StepTimer()
     patches: list[int] = []
     if kind == "qwen7b":  # count the vision tower's patches per step (image_grid_thw rows are t x h x w)
-        from sft.collator import CompletionOnlyCollator
+        from sft.labels.collator import CompletionOnlyCollator
 
         original = CompletionOnlyCollator.__call__
 
@@ -371,7 +371,7 @@ def kbit_layer_probe() -> dict:
 
 def liger_check(work: Path) -> dict:
     """Tiny Mllama (images, 8-bit) trained a few steps with and without Liger: the losses must agree."""
-    from sft.tiny import build_tiny
+    from sft.model.tiny import build_tiny
 
     model = build_tiny("mllama", work / "tiny-mllama")
     subprocess.run([sys.executable, str(ROOT / "scripts/make_elements.py"), str(work / "elements")],

@@ -47,8 +47,8 @@ def rates(counts: dict, runtime: float) -> dict:
 
 
 def ours(model_dir: Path, data: Path, work: Path, name: str, steps: int, **keys) -> dict:
-    from sft.recipe import load_recipe
-    from sft.train import main as train
+    from sft.config.recipe import load_recipe
+    from sft.run.train import main as train
 
     work.mkdir(parents=True, exist_ok=True)
     recipe = work / f"{name}.yaml"

@@ -13,10 +13,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sft.export import load_base, load_with_adapter  # noqa: E402
-from sft.labelling import make_collator  # noqa: E402
-from sft.predict import default_data, load_for_inference  # noqa: E402
-from sft.rows import RowError, iter_rows  # noqa: E402
+from sft.data.rows import RowError, iter_rows  # noqa: E402
+from sft.labels.labelling import make_collator  # noqa: E402
+from sft.outputs.export import load_base, load_with_adapter  # noqa: E402
+from sft.outputs.predict import default_data, load_for_inference  # noqa: E402
 
 
 def main() -> None:

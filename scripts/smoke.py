@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 from sft.cli import quiet_library_noise
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.recipe import load_recipe
-from sft.tiny import build_tiny
+from sft.model.tiny import build_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_ACCURACY, MAX_LOSS_RATIO = 0.9, 0.2
@@ -34,7 +34,7 @@ def main() -> int:
     if out.exists():
         print(f"[smoke] replacing the previous smoke run in {out}", file=sys.stderr)
         shutil.rmtree(out)
-    from sft.train import main as train
+    from sft.run.train import main as train
 
     metrics = train(recipe)
     seconds = time.perf_counter() - start

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 # light: each command imports what it needs on use
-from sft.cli_artifacts import cmd_export_adapter, cmd_merge, cmd_predict, cmd_report, no_overrides
+from sft.outputs.commands import cmd_export_adapter, cmd_merge, cmd_predict, cmd_report, no_overrides
 
 USAGE_EXAMPLES = """examples:
   sft train recipes/smoke.yaml --learning_rate 1e-3
@@ -43,9 +43,9 @@ def _has_cuda() -> bool:
 
 
 def _recipe_and_collator(args, overrides):
-    from sft.labelling import make_collator
-    from sft.model import load_processor_and_family
-    from sft.recipe import load_recipe
+    from sft.config.recipe import load_recipe
+    from sft.labels.labelling import make_collator
+    from sft.model.loading import load_processor_and_family
 
     recipe = load_recipe(args.recipe, overrides)
     processing_class, family = load_processor_and_family(recipe.model, recipe.training.trust_remote_code,
@@ -58,19 +58,19 @@ def _recipe_and_collator(args, overrides):
 
 
 def cmd_train(args, overrides) -> int:
-    from sft.recipe import load_recipe
+    from sft.config.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, overrides)
     strategy = None
     if args.accelerate_config:
-        from sft.launch import check_pair
+        from sft.run.launch import check_pair
 
         strategy = check_pair(recipe, args.accelerate_config)
     if args.dry_run:
         return dry_run(args, overrides, recipe, strategy)
     if args.accelerate_config:
         return launch(args, overrides)
-    from sft.train import main as train
+    from sft.run.train import main as train
 
     train(recipe)
     return 0
@@ -78,9 +78,9 @@ def cmd_train(args, overrides) -> int:
 
 def dry_run(args, overrides, recipe, strategy) -> int:
     """Recipe, accelerate config, plan and every data row checked; no weights are loaded."""
-    from sft.inspect_data import check
-    from sft.plan import make_plan
-    from sft.plan_report import render
+    from sft.check.inspect_data import check
+    from sft.plan.estimate import make_plan
+    from sft.plan.report import render
 
     launch = f"; accelerate config {args.accelerate_config}: {strategy}" if strategy else ""
     print(f"recipe {args.recipe}: ok{launch}")
@@ -108,9 +108,9 @@ def launch(args, overrides) -> int:
 
 
 def cmd_plan(args, overrides) -> int:
-    from sft.plan import make_plan
-    from sft.plan_report import as_json, render
-    from sft.recipe import load_recipe
+    from sft.config.recipe import load_recipe
+    from sft.plan.estimate import make_plan
+    from sft.plan.report import as_json, render
 
     plan = make_plan(load_recipe(args.recipe, overrides))
     print(as_json(plan) if args.json else render(plan))
@@ -118,17 +118,17 @@ def cmd_plan(args, overrides) -> int:
 
 
 def cmd_check(args, overrides) -> int:
-    from sft.inspect_data import check
+    from sft.check.inspect_data import check
 
     return check(*_recipe_and_collator(args, overrides))
 
 
 def cmd_preview(args, overrides) -> int:
-    from sft.inspect_data import preview
+    from sft.check.inspect_data import preview
 
     recipe, collator = _recipe_and_collator(args, overrides)
-    if args.html:  # the page (sft/preview_page.py); its --limit default is larger than the terminal's
-        from sft.preview_page import write_preview_page
+    if args.html:  # the page (sft/pages/preview_page.py); its --limit default is larger than the terminal's
+        from sft.pages.preview_page import write_preview_page
 
         path, counts = write_preview_page(recipe, collator, args.html, args.limit, args.split)
         print(f"wrote {path}: {counts['seen']} rows, {counts['bad']} bad")
@@ -137,7 +137,7 @@ def cmd_preview(args, overrides) -> int:
 
 
 def cmd_tiny(args, overrides) -> int:
-    from sft.tiny import build_tiny
+    from sft.model.tiny import build_tiny
 
     no_overrides("tiny", overrides)
     print(build_tiny(args.family, args.out, seed=args.seed))

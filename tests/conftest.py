@@ -33,7 +33,7 @@ def family_models(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_models(family_models) -> dict[str, Path]:
-    """The folders of sft.tiny's three families (text Llama, Llama 3.2 Vision, SmolVLM)."""
+    """The folders of sft.model.tiny's three families (text Llama, Llama 3.2 Vision, SmolVLM)."""
     return {name: family_models.folder(name) for name in ("llama", "mllama", "idefics3")}
 
 

@@ -1,5 +1,5 @@
 """`chat_template_path`: one template file, read when the processor loads, renders the labels, the preview, the
-generation prompt and the saved run alike (sft/chat_template.py); anything else is refused in one line."""
+generation prompt and the saved run alike (sft/family/chat_template.py); anything else is refused in one line."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ import pytest
 from transformers import AutoTokenizer
 from trl import ModelConfig
 
+from sft.check.inspect_data import preview
 from sft.cli import main
-from sft.collator import IGNORE_INDEX
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.export import export_adapter, merge
-from sft.generation import generate
-from sft.inspect_data import preview
-from sft.labelling import make_collator
-from sft.model import load_processor_and_family
-from sft.predict import load_for_inference
-from sft.recipe import load_recipe
-from sft.tiny import LLAMA_TEMPLATE
-from sft.train import main as train
+from sft.eval.generation import generate
+from sft.labels.collator import IGNORE_INDEX
+from sft.labels.labelling import make_collator
+from sft.model.loading import load_processor_and_family
+from sft.model.tiny import LLAMA_TEMPLATE
+from sft.outputs.export import export_adapter, merge
+from sft.outputs.predict import load_for_inference
+from sft.run.train import main as train
 from tests.conftest import write_jsonl, write_recipe
 from tests.test_training import recipe_for
 

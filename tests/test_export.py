@@ -14,13 +14,13 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from sft.collator import CompletionOnlyCollator
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.export import export_adapter, load_base, load_with_adapter, merge
-from sft.model import load_processor
-from sft.predict import predict
-from sft.recipe import load_recipe
-from sft.train import main as train
+from sft.labels.collator import CompletionOnlyCollator
+from sft.model.loading import load_processor
+from sft.outputs.export import export_adapter, load_base, load_with_adapter, merge
+from sft.outputs.predict import predict
+from sft.run.train import main as train
 from tests.conftest import REPO, write_image
 from tests.test_training import recipe_for
 
@@ -138,7 +138,7 @@ def test_base_with_another_architecture_is_refused(run_dir, tmp_path):
 
 def test_export_killed_midway_leaves_no_final_folder(run_dir, tmp_path):
     out = tmp_path / "export"
-    code = ("import os, signal, sft.export as e\n"
+    code = ("import os, signal, sft.outputs.export as e\n"
             "e.copy_processor_files = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
             f"e.export_adapter({str(run_dir)!r}, {str(out)!r})")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, timeout=120)

@@ -15,15 +15,15 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from sft.collator import IGNORE_INDEX
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.families import FAMILIES, family_for_processor, find_family
-from sft.generation import exact_match, generate_replies, reference, stop_ids
-from sft.labelling import make_collator
-from sft.model import load_processor
-from sft.recipe import load_recipe
-from sft.targets import is_vision_side
-from sft.train import main as train
+from sft.eval.generation import exact_match, generate_replies, reference, stop_ids
+from sft.family.families import FAMILIES, family_for_processor, find_family
+from sft.labels.collator import IGNORE_INDEX
+from sft.labels.labelling import make_collator
+from sft.model.loading import load_processor
+from sft.model.targets import is_vision_side
+from sft.run.train import main as train
 from tests.conftest import REPO
 from tests.families.checks import assert_tensors_match_input_ids, fit_too_long_row, step_gradients
 from tests.families.registry import CASES, VISION, Case, cases, param
@@ -62,7 +62,7 @@ def test_supervised_text_is_each_reply_and_its_closing_token(family_models, tmp_
 
 @pytest.mark.parametrize("case", cases(CASES))
 def test_whitespace_around_a_reply_is_never_learnt(family_models, tmp_path, case):
-    """A reply "   scaffold  " supervises exactly what "scaffold" does (sft.messages.stripped_replies)."""
+    """A reply "   scaffold  " supervises exactly what "scaffold" does (sft.data.messages.stripped_replies)."""
     _, _, collator = loaded(family_models, case)
 
     def replies(reply: str) -> list[dict]:

@@ -11,14 +11,14 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.families import FAMILIES, LABELLING, _by_model_type, family_for, find_family
-from sft.labelling import STRATEGIES, make_collator
-from sft.model import load_processor
-from sft.prefix_suffix import PrefixSuffixCollator
-from sft.recipe import load_recipe
-from sft.targets import language_attention, lora_targets
-from sft.train import main as train
+from sft.family.families import FAMILIES, LABELLING, _by_model_type, family_for, find_family
+from sft.labels.labelling import STRATEGIES, make_collator
+from sft.labels.prefix_suffix import PrefixSuffixCollator
+from sft.model.loading import load_processor
+from sft.model.targets import language_attention, lora_targets
+from sft.run.train import main as train
 from tests.conftest import write_recipe
 from tests.test_training import recipe_for
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from sft.plan import make_plan
-from sft.recipe import load_recipe
+from sft.config.recipe import load_recipe
+from sft.plan.estimate import make_plan
 from tests.conftest import REAL_PROCESSORS, REPO, write_image, write_jsonl, write_recipe
 from tests.families.checks import lora_count
 from tests.families.registry import BY_NAME, CASES, NO_TEMPLATES, cases
@@ -139,7 +139,7 @@ SHIPPED = {
 
 @pytest.mark.parametrize("hub_id", list(SHIPPED))
 def test_plan_from_the_shipped_config_quantizes_only_the_language_model(tmp_path, hub_id):
-    from sft.plan import build_on_meta
+    from sft.plan.estimate import build_on_meta
 
     architecture, total, lora = SHIPPED[hub_id]
     recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=hub_id, train_file="t.jsonl", load_in_4bit=True,

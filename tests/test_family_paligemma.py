@@ -12,13 +12,13 @@ import re
 import pytest
 import torch
 
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.families import family_for, family_for_processor
-from sft.generation import generate
-from sft.labelling import make_collator
-from sft.plan import make_plan
-from sft.prefix_suffix import PrefixSuffixCollator
-from sft.recipe import load_recipe
+from sft.eval.generation import generate
+from sft.family.families import family_for, family_for_processor
+from sft.labels.labelling import make_collator
+from sft.labels.prefix_suffix import PrefixSuffixCollator
+from sft.plan.estimate import make_plan
 from tests.conftest import write_image, write_recipe
 from tests.families.checks import lora_count
 from tests.families.registry import BY_NAME
@@ -112,7 +112,7 @@ def test_preview_shows_the_answer_and_eos_as_supervised(paligemma, tmp_path, cap
 
 
 def test_plan_from_the_shipped_paligemma2_config_quantizes_only_the_language_model(tmp_path):
-    from sft.plan import build_on_meta
+    from sft.plan.estimate import build_on_meta
 
     hub_id = "google/paligemma2-3b-pt-448"
     recipe = write_recipe(tmp_path / "r.yaml", model_name_or_path=hub_id, train_file="t.jsonl", load_in_8bit=True,

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from sft.cli import main as sft
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.families import family_named
-from sft.generation import answer_of
-from sft.labelling import make_collator
-from sft.plan import build_on_meta, make_plan
-from sft.recipe import load_recipe
+from sft.eval.generation import answer_of
+from sft.family.families import family_named
+from sft.labels.labelling import make_collator
+from sft.plan.estimate import build_on_meta, make_plan
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe
 from tests.families.checks import lora_count
 from tests.families.qwen import QWEN3_ADDED, qwen_tokenizer

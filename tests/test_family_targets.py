@@ -1,7 +1,7 @@
 """LoRA and quantization keep to the language model, for every family in tests/families/registry.py.
 
 The language model is found from the model itself (`get_decoder()`), not from the family table, so these tests
-check the table's `vision_modules` as well as sft/targets.py's choice.
+check the table's `vision_modules` as well as sft/model/targets.py's choice.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft.families import FAMILIES
-from sft.parts import PARTS
-from sft.targets import INPUT_PROJECTIONS, OUTPUT_PROJECTIONS, is_quantized, lora_targets, not_quantized
+from sft.family.families import FAMILIES
+from sft.family.parts import PARTS
+from sft.model.targets import INPUT_PROJECTIONS, OUTPUT_PROJECTIONS, is_quantized, lora_targets, not_quantized
 from tests.families.registry import CASES, cases
 
 
@@ -66,9 +66,9 @@ def test_every_family_derives_lora_targets_and_the_quantization_skip_list_from_t
             assert f".*{module}" in not_quantized(family)
             assert not is_quantized(f"model.{module}.layers.0.attention.q_proj", family)
     # No second list of vision module names anywhere in sft/: every other module reads the table.
-    # (sft/parts.py's part names are the recipe's vocabulary, one of which is also a module name: vision_tower.)
+    # (sft/family/parts.py's part names are the recipe's vocabulary, one of which is also a module name: vision_tower.)
     names = {module for family in FAMILIES for module in family.vision_modules} - set(PARTS)
-    for source in (Path(__file__).resolve().parents[1] / "sft").glob("*.py"):
+    for source in (Path(__file__).resolve().parents[1] / "sft").rglob("*.py"):
         if source.name != "families.py":
             text = source.read_text(encoding="utf-8")
             assert not [n for n in names if f'"{n}"' in text or f"'{n}'" in text], source.name

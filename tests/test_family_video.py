@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sft.dataset import measure
-from sft.families import FAMILIES
-from sft.labelling import make_collator
-from sft.video_budget import VIDEO_BUDGETS
+from sft.family.families import FAMILIES
+from sft.family.video_budget import VIDEO_BUDGETS
+from sft.labels.dataset import measure
+from sft.labels.labelling import make_collator
 from tests.families.checks import (
     assert_tensors_match_input_ids,
     assert_video_tensors_match,
@@ -45,7 +45,7 @@ def loaded(family_models, case: Case):
 
 def frames_of(collator, items: list[dict]) -> list[int]:
     """The frames each clip of the rows gives under the processor's frame budget, in row order."""
-    from sft.video_batch import split_visuals
+    from sft.labels.video_batch import split_visuals
 
     return [len(clip) for item in items for clip in split_visuals(collator.load_images(item))[1]]
 

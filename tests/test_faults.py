@@ -17,13 +17,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from sft.collator import IGNORE_INDEX, CompletionOnlyCollator
+from sft.config.recipe import load_recipe
+from sft.data.messages import text_of
+from sft.data.rows import RowError, iter_rows, load_image
+from sft.data.sources import MAX_LINE_BYTES
 from sft.errors import UserError
-from sft.messages import text_of
-from sft.recipe import load_recipe
-from sft.rows import RowError, iter_rows, load_image
-from sft.sources import MAX_LINE_BYTES
-from sft.train import main as train
+from sft.labels.collator import IGNORE_INDEX, CompletionOnlyCollator
+from sft.run.train import main as train
 from tests.conftest import REPO, write_image, write_jsonl
 from tests.test_training import element_rows
 
@@ -215,7 +215,7 @@ def test_tokens_never_reach_the_manifest_and_remote_code_is_off(tiny_models, tmp
 
 
 def test_source_never_unpickles():
-    for path in (REPO / "sft").glob("*.py"):
+    for path in (REPO / "sft").rglob("*.py"):
         text = path.read_text()
         assert "pickle" not in text and "torch.load(" not in text, path
         assert "yaml.load(" not in text and "unsafe_load" not in text, path

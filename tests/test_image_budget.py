@@ -1,7 +1,8 @@
-"""Image budgets (`image_max_pixels`, `image_min_pixels`; sft/image_budget.py): each family's own processor setting
-bounds the resized image, so a large image costs the visual tokens its processor documents for the budget; a family
-of one fixed image size refuses the keys in one line; the processor saved with a run keeps the budget; `sft check`
-reports the visual tokens of the image rows and the rows dropped for image tokens apart from those too long as text.
+"""Image budgets (`image_max_pixels`, `image_min_pixels`; sft/family/image_budget.py): each family's own processor
+setting bounds the resized image, so a large image costs the visual tokens its processor documents for the budget; a
+family of one fixed image size refuses the keys in one line; the processor saved with a run keeps the budget; `sft
+check` reports the visual tokens of the image rows and the rows dropped for image tokens apart from those too long as
+text.
 
 Expected counts come from each processor's own resize rule (named beside each case) on the tiny models of
 tests/families/registry.py; where a tiny processor's own setting leaves no room below it, the test gives it a larger
@@ -20,13 +21,13 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 from trl import ModelConfig
 
 from sft.cli import main
-from sft.data_arguments import DataArguments
-from sft.dataset import measure
+from sft.config.data_arguments import DataArguments
 from sft.errors import UserError
-from sft.families import FAMILIES, find_family
-from sft.image_budget import IMAGE_BUDGETS, ImageBudget, apply_image_budget, match_model_to_processor
-from sft.labelling import make_collator
-from sft.model import load_model, load_processor, processor_and_family
+from sft.family.families import FAMILIES, find_family
+from sft.family.image_budget import IMAGE_BUDGETS, ImageBudget, apply_image_budget, match_model_to_processor
+from sft.labels.dataset import measure
+from sft.labels.labelling import make_collator
+from sft.model.loading import load_model, load_processor, processor_and_family
 from tests.conftest import REAL_PROCESSORS, write_image, write_jsonl, write_recipe
 from tests.families.registry import BY_NAME
 
@@ -59,7 +60,7 @@ def image_row(tmp_path, size: tuple[int, int], text: str = "What is it?") -> dic
 
 
 def visual(folder, budget: ImageBudget | None, row: dict) -> int:
-    """The visual tokens `sft check` and training count for the row (sft.dataset.measure)."""
+    """The visual tokens `sft check` and training count for the row (sft.labels.dataset.measure)."""
     return counted(*loaded(folder, budget), row)
 
 
@@ -291,13 +292,13 @@ def test_real_smolvlm_budget_becomes_a_longest_edge_of_whole_tiles(tmp_path):
 
 def test_a_budgeted_llava_next_run_predicts_and_merges_with_the_same_grids(family_models, tmp_path):
     # Training saves the budgeted processor; predict and merge load the base model, whose own config lists every
-    # grid: each makes it choose among the processor's (sft.image_budget.match_model_to_processor).
+    # grid: each makes it choose among the processor's (sft.family.image_budget.match_model_to_processor).
     import json
 
-    from sft.export import merge
-    from sft.predict import load_for_inference
-    from sft.recipe import load_recipe
-    from sft.train import main as train
+    from sft.config.recipe import load_recipe
+    from sft.outputs.export import merge
+    from sft.outputs.predict import load_for_inference
+    from sft.run.train import main as train
 
     write_image(tmp_path / "wide.png", size=WIDE)
     row = {"prompt": "What is it?", "completion": "water", "image": "wide.png"}

@@ -7,8 +7,7 @@ import sacrebleu
 from rouge_score.rouge_scorer import RougeScorer
 
 from sft.errors import UserError
-from sft.eval_predictions import markdown_table, prompt_preview
-from sft.metrics import (
+from sft.eval.metrics import (
     RougeTokenizer,
     bleu_tokenizer,
     check_metric_for_best_model,
@@ -16,7 +15,8 @@ from sft.metrics import (
     metric_names,
     score,
 )
-from sft.run_outputs import eval_metric_points
+from sft.eval.predictions import markdown_table, prompt_preview
+from sft.outputs.manifest import eval_metric_points
 
 ENGLISH_PREDICTIONS = ["Rebar is a steel bar.", "Formwork is a mould for concrete.", "A footing spreads load."]
 ENGLISH_REFERENCES = ["Rebar is a steel bar used to reinforce concrete.", "Formwork is a temporary mould for concrete.",

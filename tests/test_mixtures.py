@@ -13,11 +13,11 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from sft.cli import main as sft
+from sft.config.recipe import load_recipe
+from sft.data.mixture import load_mixture
+from sft.data.sources import sha256_of
 from sft.errors import UserError
-from sft.mixture import load_mixture
-from sft.recipe import load_recipe
-from sft.sources import sha256_of
-from sft.train import main as train
+from sft.run.train import main as train
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe, write_video
 
 ELEMENTS = {"water": (40, 90, 220), "fire": (230, 60, 30)}

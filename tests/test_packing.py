@@ -11,12 +11,12 @@ import torch
 from datasets import Dataset
 
 from sft.cli import main as sft
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.labelling import make_collator
-from sft.packing import PackedBatches, pack_rows, refuse_unpackable
-from sft.plan import make_plan
-from sft.recipe import load_recipe
-from sft.train import main as train
+from sft.labels.labelling import make_collator
+from sft.labels.packing import PackedBatches, pack_rows, refuse_unpackable
+from sft.plan.estimate import make_plan
+from sft.run.train import main as train
 from tests.conftest import REPO, write_image, write_recipe
 from tests.families.registry import BY_NAME, CASES, cases, param
 from tests.families.report import PACKED_RUNS, assert_learns, train_elements

@@ -12,13 +12,13 @@ from contextlib import redirect_stdout
 import pytest
 from PIL import Image
 
+from sft.check.inspect_data import inspect_rows, preview
 from sft.cli import _recipe_and_collator, main
-from sft.eval_history import marked_difference
-from sft.inspect_data import inspect_rows, preview
-from sft.preview_page import write_preview_page
-from sft.run_report import write_report
-from sft.sources import sha256_of
-from sft.token_pieces import supervised_runs, token_runs
+from sft.data.sources import sha256_of
+from sft.eval.history import marked_difference
+from sft.pages.preview_page import write_preview_page
+from sft.pages.run_report import write_report
+from sft.pages.token_pieces import supervised_runs, token_runs
 from tests.browser import Browser, find_chromium
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe
 
@@ -55,7 +55,7 @@ def labelled(family_models, tmp_path_factory):
     records = [json.loads(line) for line in printed.getvalue().splitlines()]
     labels = [info["encoded"].labels for _, info in inspect_rows(recipe, collator, recipe.data.train_file)]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("sft.preview_page.PAGE_ROWS", 2)
+        patch.setattr("sft.pages.preview_page.PAGE_ROWS", 2)
         path, counts = write_preview_page(recipe, collator, folder / "preview.html")
     return {"path": path, "counts": counts, "records": records, "labels": labels, "folder": folder,
             "recipe": recipe, "collator": collator}
@@ -236,7 +236,7 @@ def test_report_sorts_by_score_and_links_changed_rows(report, browser):
 
 
 def test_thumbnails_are_reencoded_jpegs_of_at_most_128_pixels():
-    from sft.thumbnails import thumbnail
+    from sft.pages.thumbnails import thumbnail
 
     small = thumbnail(Image.new("RGB", (1000, 500), (1, 2, 3)), "image 1")
     assert small["uri"].startswith("data:image/jpeg;base64,") and (small["width"], small["height"]) == (128, 64)
@@ -257,7 +257,7 @@ def test_a_rows_video_clips_show_as_a_few_frames_each():
 
     import numpy as np
 
-    from sft.thumbnails import row_pictures
+    from sft.pages.thumbnails import row_pictures
 
     image = Image.new("RGB", (8, 8))
     clip = SimpleNamespace(frames=np.zeros((32, 6, 10, 3), dtype=np.uint8),
@@ -270,7 +270,7 @@ def test_a_rows_video_clips_show_as_a_few_frames_each():
 
 
 def test_report_images_come_from_held_out_rows_only_while_the_file_is_unchanged(tmp_path):
-    from sft.run_report import eval_pictures
+    from sft.pages.run_report import eval_pictures
 
     rows = [{"prompt": "What?", "target": name, "image": f"{name}.png"} for name in ELEMENTS]
     for name, colour in ELEMENTS.items():

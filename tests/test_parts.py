@@ -1,4 +1,4 @@
-"""What trains (sft/parts.py): vision tower, projector and language model, each frozen, lora or full.
+"""What trains (sft/family/parts.py): vision tower, projector and language model, each frozen, lora or full.
 
 Set up as `sft train` sets a model up (LoRA targets and saved modules chosen on the meta-device twin, PEFT applied as
 TRL's SFTTrainer applies it, or the full parts unfrozen without PEFT), then one forward and backward pass on an image
@@ -17,15 +17,15 @@ from peft import get_peft_model
 from trl import ModelConfig
 
 from sft.cli import main as sft
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.export import export_adapter, load_base, merge
-from sft.labelling import make_collator
-from sft.model import load_model, load_processor, meta_model
-from sft.parts import CHOICES, PARTS, Parts, parameter_counts, part_of, set_trainable
-from sft.plan import make_plan
-from sft.predict import load_for_inference, predict
-from sft.recipe import load_recipe
-from sft.targets import linear_layers, lora_config, lora_targets
+from sft.family.parts import CHOICES, PARTS, Parts, parameter_counts, part_of, set_trainable
+from sft.labels.labelling import make_collator
+from sft.model.loading import load_model, load_processor, meta_model
+from sft.model.targets import linear_layers, lora_config, lora_targets
+from sft.outputs.export import export_adapter, load_base, merge
+from sft.outputs.predict import load_for_inference, predict
+from sft.plan.estimate import make_plan
 from tests.conftest import REPO, write_recipe
 from tests.families.registry import BY_NAME, VISION, cases
 from tests.families.round_trip import assert_merge_and_predict_agree
@@ -37,7 +37,7 @@ COMBINATIONS = [Parts(*choice) for choice in itertools.product(CHOICES, repeat=3
 
 
 def prepared(folder, family, parts: Parts, target_modules=None):
-    """The model as `sft train` hands it to the trainer (sft/train.py), in train mode."""
+    """The model as `sft train` hands it to the trainer (sft/run/train.py), in train mode."""
     args = ModelConfig(model_name_or_path=str(folder), use_peft=parts.uses_peft, lora_r=4,
                        lora_target_modules=target_modules)
     config = lora_config(args, meta_model(args), family, parts)
@@ -204,7 +204,7 @@ def _run_with(case, base_dir, tmp_path, callback, **keys):
 
     recipe = load_recipe(recipe_for(tmp_path, base_dir, with_images=True, max_length=1024, num_train_epochs=6,
                                     learning_rate=5e-3, eval_strategy="no", **keys))
-    from sft.train import main as train
+    from sft.run.train import main as train
 
     return train(recipe, extra_callbacks=[callback])
 

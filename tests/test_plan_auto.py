@@ -11,13 +11,13 @@ import json
 import pytest
 import torch
 
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.model import liger_unavailable, load_model
-from sft.plan import AUTO_MARGIN, GIB, apply_auto, make_plan
-from sft.plan_report import render
-from sft.recipe import load_recipe
-from sft.run_outputs import write_manifest
-from sft.tiny import build_tiny
+from sft.model.loading import liger_unavailable, load_model
+from sft.model.tiny import build_tiny
+from sft.outputs.manifest import write_manifest
+from sft.plan.estimate import AUTO_MARGIN, GIB, apply_auto, make_plan
+from sft.plan.report import render
 from tests.conftest import REPO, write_jsonl, write_recipe
 
 LLAMA_11B = REPO / "recipes/llama11b_construction.yaml"

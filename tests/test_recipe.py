@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.recipe import load_recipe
 from tests.conftest import REPO, write_recipe
 
 SHIPPED = sorted((REPO / "recipes").glob("*.yaml"))
@@ -17,7 +17,7 @@ def test_toolkit_defaults_lora_r8_alpha32_dropout005_targets_chosen_on_the_loade
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", model_name_or_path="m", train_file="t.jsonl"))
     model = recipe.model
     assert (model.use_peft, model.lora_r, model.lora_alpha, model.lora_dropout) == (True, 8, 32, 0.05)
-    assert model.lora_target_modules is None  # sft.targets.lora_targets: the language model's attention
+    assert model.lora_target_modules is None  # sft.model.targets.lora_targets: the language model's attention
     assert recipe.training.report_to == [] and recipe.training.remove_unused_columns is False
     assert recipe.training.output_dir == str(Path("outputs") / "r")
 

@@ -14,12 +14,12 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForImageTextToText
 
 from sft.cli import main as sft
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.families import family_for
-from sft.launch import check_pair, strategy
-from sft.plan import make_plan
-from sft.recipe import load_recipe
-from sft.targets import lora_config
+from sft.family.families import family_for
+from sft.model.targets import lora_config
+from sft.plan.estimate import make_plan
+from sft.run.launch import check_pair, strategy
 from tests.conftest import REAL_PROCESSORS, REPO, write_image, write_jsonl, write_recipe
 
 LLAMA_11B = REPO / "recipes/llama11b_construction.yaml"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from sft.dataset import measure
-from sft.labelling import make_collator
-from sft.packing import PackedBatches
+from sft.labels.dataset import measure
+from sft.labels.labelling import make_collator
+from sft.labels.packing import PackedBatches
 from tests.families.registry import BY_NAME, cases
 from tests.families.rows import SHAPES, row
 

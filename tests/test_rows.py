@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sft.messages import text_of
-from sft.rows import RowError, iter_rows
+from sft.data.messages import text_of
+from sft.data.rows import RowError, iter_rows
 from tests.conftest import write_image, write_jsonl
 
 

@@ -16,10 +16,10 @@ import pytest
 from datasets import Dataset, DatasetDict, Image, List
 
 from sft.cli import main
-from sft.dataset import load_rows
+from sft.data.rows import RowError, iter_rows
+from sft.data.sources import DatasetSplit
 from sft.errors import UserError
-from sft.rows import RowError, iter_rows
-from sft.sources import DatasetSplit
+from sft.labels.dataset import load_rows
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe
 
 GOOD = {"prompt": "What?", "completion": "water"}
@@ -148,7 +148,7 @@ def test_dataset_name_folder_trains_from_check(tiny_models, tmp_path, capsys):
     ({"train_file": "t.jsonl", "dataset_test_split": "test"}, "dataset_test_split needs dataset_name"),
 ])
 def test_conflicting_data_keys_are_one_line(keys, message):
-    from sft.recipe import DataArguments
+    from sft.config.recipe import DataArguments
 
     with pytest.raises(UserError, match=f"^{message}$"):
         DataArguments(**keys)

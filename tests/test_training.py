@@ -7,9 +7,9 @@ import json
 import pytest
 from safetensors.torch import load_file
 
+from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.recipe import load_recipe
-from sft.train import main as train
+from sft.run.train import main as train
 from tests.conftest import write_image, write_jsonl, write_recipe
 
 ELEMENTS = {"water": (40, 90, 220), "fire": (230, 60, 30)}

@@ -10,9 +10,9 @@ import pytest
 from trl import ModelConfig, SFTConfig
 
 from sft.cli import main as sft
+from sft.config.recipe import TOOLKIT_DEFAULTS, load_recipe
+from sft.config.trl_surface import MODEL_KEYS, REFUSED, TOOLKIT, TRAINER, shown
 from sft.errors import UserError
-from sft.recipe import TOOLKIT_DEFAULTS, load_recipe
-from sft.trl_surface import MODEL_KEYS, REFUSED, TOOLKIT, TRAINER, shown
 from tests.conftest import REPO, write_recipe
 
 
@@ -55,7 +55,7 @@ def test_the_8bit_seed_recipe_without_lora_is_refused_before_any_weights_load(ca
     assert capsys.readouterr().err.startswith("error: use_peft false with load_in_8bit: ")
 
 
-# ---- the whole surface: every field of SFTConfig and ModelConfig is classified (sft/trl_surface.py) -----------------
+# ---- the whole surface: every field of SFTConfig and ModelConfig is classified (sft/config/trl_surface.py) ---------
 
 SURFACE = [field for config in (SFTConfig, ModelConfig) for field in dataclasses.fields(config)]
 
@@ -134,8 +134,9 @@ def test_a_passed_through_field_arrives_unchanged_in_the_sft_config_that_reaches
 
 
 @pytest.mark.parametrize(("keys", "message"), [
-    ({"pad_to_multiple_of": 8, "packing": True}, r"^pad_to_multiple_of 8 with packing: packed rows are laid end to "
-                                                 r"end without padding \(sft/packing.py\); drop pad_to_multiple_of$"),
+    ({"pad_to_multiple_of": 8, "packing": True}, r"^pad_to_multiple_of 8 with packing: packed rows are laid "
+                                                 r"end to end without padding \(sft/labels/packing.py\); "
+                                                 r"drop pad_to_multiple_of$"),
     ({"pad_to_multiple_of": 8, "padding_free": True}, r"^pad_to_multiple_of 8 with padding_free: "),
     ({"bnb_4bit_quant_type": "fp4"}, r"^bnb_4bit_quant_type 'fp4': applies to 4-bit weights only and load_in_4bit is "
                                      r"off; set load_in_4bit: true or drop it$"),

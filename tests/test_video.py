@@ -1,6 +1,6 @@
-"""Video rows (sft/video.py, sft/video_budget.py): how a row names its videos, deterministic frame sampling, the frame
-and pixel budgets, one line per bad video naming its row (good rows never named), `sft preview` showing frames and
-visual tokens, and the dataset keeping paths, not frames. Tiny clips written with PyAV; tiny models of
+"""Video rows (sft/data/video.py, sft/family/video_budget.py): how a row names its videos, deterministic frame sampling,
+the frame and pixel budgets, one line per bad video naming its row (good rows never named), `sft preview` showing frames
+and visual tokens, and the dataset keeping paths, not frames. Tiny clips written with PyAV; tiny models of
 tests/families/registry.py.
 """
 
@@ -14,13 +14,13 @@ import pytest
 from transformers import AutoConfig
 
 from sft.cli import main
-from sft.dataset import load_rows, measure
+from sft.data.rows import RowError, iter_rows
+from sft.data.video import decode_clip, frame_indices
 from sft.errors import UserError
-from sft.labelling import make_collator
-from sft.model import processor_and_family
-from sft.rows import RowError, iter_rows
-from sft.video import decode_clip, frame_indices
-from sft.video_budget import VideoBudget
+from sft.family.video_budget import VideoBudget
+from sft.labels.dataset import load_rows, measure
+from sft.labels.labelling import make_collator
+from sft.model.loading import processor_and_family
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe, write_video
 
 QWEN = "qwen2_5_vl"
@@ -192,8 +192,8 @@ def test_preview_shows_each_video_rows_frames_and_visual_tokens(family_models, t
 
 
 def test_the_video_recipe_parses_and_plans_offline():
-    from sft.plan import make_plan
-    from sft.recipe import load_recipe
+    from sft.config.recipe import load_recipe
+    from sft.plan.estimate import make_plan
 
     recipe = load_recipe(REPO / "recipes/video_example.yaml")
     assert recipe.data.video_budget == VideoBudget(fps=2.0, max_frames=16, max_pixels=360 * 420)

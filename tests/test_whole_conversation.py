@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from sft.cli import main as sft
-from sft.collator import IGNORE_INDEX
+from sft.data.messages import text_of
 from sft.errors import UserError
-from sft.labelling import make_collator
-from sft.messages import text_of
-from sft.packing import PackedBatches
+from sft.labels.collator import IGNORE_INDEX
+from sft.labels.labelling import make_collator
+from sft.labels.packing import PackedBatches
 from tests.conftest import write_image, write_jsonl, write_recipe
 from tests.families.checks import assert_tensors_match_input_ids, step_gradients
 from tests.families.registry import BY_NAME, CASES, VISION, Case, cases, param

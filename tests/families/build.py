@@ -1,6 +1,6 @@
 """The one skeleton every tiny family model is built with: a tokenizer trained on the spot with the family's special
 tokens → a tiny config of the real architecture → the model class the toolkit loads it with → the real processor
-class with the family's chat template → sft.tiny.finish_tiny_model (widened lm_head, generation ids, save).
+class with the family's chat template → sft.model.tiny.finish_tiny_model (widened lm_head, generation ids, save).
 
 A family is a `TinySpec`: data plus two small functions (its config and its processor), written in
 tests/families/misc.py, qwen.py and paligemma.py; tests/families/registry.py names the specs' cases.
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerFast
 
-from sft.model import model_class_for
-from sft.tiny import build_tokenizer, finish_tiny_model
+from sft.model.loading import model_class_for
+from sft.model.tiny import build_tokenizer, finish_tiny_model
 
 # The language model of every spec-built family: hidden 64, 2 layers, 4 query and 2 key/value heads of 16.
 TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -47,7 +47,8 @@ class TinySpec:
 
 def tiny_tokenizer(specials: list[str], roles: dict, added: tuple[str, ...] = (),
                    extra_lines: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on sft.tiny's corpus (plus `extra_lines`) with `specials`, their roles and `added`."""
+    """A byte-level BPE trained on sft.model.tiny's corpus (plus `extra_lines`) with `specials`, their roles and
+    `added`."""
     trained = build_tokenizer(specials, extra_lines=extra_lines)
     tok = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, **roles)
     tok.add_tokens([AddedToken(token, special=False, normalized=False) for token in added])

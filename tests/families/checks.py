@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sft.dataset import measure
 from sft.errors import UserError
-from sft.families import Family
-from sft.labelling import make_collator
+from sft.family.families import Family
+from sft.labels.dataset import measure
+from sft.labels.labelling import make_collator
 
 
 def fit_too_long_row(processor, row: dict, family: Family | None = None):

@@ -1,7 +1,7 @@
 """Tiny random InternVL 3, Mistral 3 (Pixtral), Llama 4, Gemma 3, LLaVA-1.5, SmolVLM2, LLaVA-NeXT, LLaVA-OneVision
 and Gemma 4 models with their real processor classes, built offline, as data for tests/families/build.py.
 
-Each tokenizer is a byte-level BPE trained on the spot (sft.tiny.build_tokenizer) that carries the family's real
+Each tokenizer is a byte-level BPE trained on the spot (sft.model.tiny.build_tokenizer) that carries the family's real
 special tokens (names as in its published tokenizer_config.json); its real chat template is read from
 shared/fixtures/chat-templates beside the repository (tests/families/registry.py names the file;
 tests/families/misc_PROVENANCE.md says where each comes from). Models are the real architecture classes at hidden
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import transformers as tf
 
-from sft.tiny import finish_tiny_model
+from sft.model.tiny import finish_tiny_model
 from tests.families.build import TinySpec, text_config, vision_config
 
 # InternVL3-1B-hf: Qwen2.5's special tokens (its language model is Qwen2.5) plus InternVL's image tokens; the
@@ -46,7 +46,7 @@ GEMMA3_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn
 GEMMA3_NAMED = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
 # LLaVA-1.5 (llava-hf/llava-1.5-7b-hf): Llama 2's <unk>, <s>, </s>, plus <image> and <pad> added by llava-hf.
 LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
-# SmolVLM2 (HuggingFaceTB/SmolVLM2-2.2B-Instruct): SmolVLM's tokens (as sft/tiny.py's Idefics3, from the real
+# SmolVLM2 (HuggingFaceTB/SmolVLM2-2.2B-Instruct): SmolVLM's tokens (as sft/model/tiny.py's Idefics3, from the real
 # SmolVLM-256M files in shared/fixtures) plus the video-frame tokens the SmolVLM2 processor looks up.
 SMOLVLM_SPECIALS = ["<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>",
                     "<global-img>", "<video>", "<|endoftext|>"] + [f"<row_{r}_col_{c}>" for r in range(1, 7)
@@ -243,5 +243,5 @@ SPECS = {
 }
 
 # tests/families/phi4.py (written alongside) finishes its model with this name; new builders call
-# sft.tiny.finish_tiny_model, or better, are a TinySpec.
+# sft.model.tiny.finish_tiny_model, or better, are a TinySpec.
 _finish = finish_tiny_model

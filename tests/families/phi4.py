@@ -1,6 +1,6 @@
 """A tiny random Phi-4-multimodal (microsoft/Phi-4-multimodal-instruct) with its real processor class, built offline.
 
-As tests/families/misc.py's builders: a byte-level BPE trained on the spot (sft.tiny.build_tokenizer) carrying the
+As tests/families/misc.py's builders: a byte-level BPE trained on the spot (sft.model.tiny.build_tokenizer) carrying the
 family's real special tokens, the family's published chat template (tests/families/templates/phi4_multimodal.jinja;
 tests/families/templates/PROVENANCE.md says where it and the token names come from), the real architecture class
 (Phi4MultimodalForCausalLM: Phi-3-style language model with fused qkv_proj / gate_up_proj, a SigLIP-style image

@@ -2,7 +2,7 @@
 
 Four families: Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 (the last with its thinking-on and thinking-off
 templates), as data for tests/families/build.py. Each tokenizer is a byte-level BPE trained on the spot
-(sft.tiny.build_tokenizer) that carries the family's real special tokens, by the names its published
+(sft.model.tiny.build_tokenizer) that carries the family's real special tokens, by the names its published
 tokenizer_config.json gives them; the family's real chat template is read from the shared fixtures beside the
 repository (tests/families/registry.py names the file; tests/families/qwen_PROVENANCE.md says where each comes
 from). Models are the real architecture classes at hidden size 64, two language layers and a two-block vision
@@ -99,7 +99,7 @@ SPECS = {
                            processor("Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor", 14), added=QWEN2_5_ADDED),
     "qwen3_vl": TinySpec(QWEN_SPECIALS, QWEN_ROLES, qwen3_vl_config,
                          processor("Qwen3VLProcessor", "Qwen3VLVideoProcessor", 16), added=QWEN3_ADDED),
-    # Qwen3.5 ships Qwen3-VL's processor class (so sft.families.family_for_processor finds the qwen3_vl entry).
+    # Qwen3.5 ships Qwen3-VL's processor class (so sft.family.families.family_for_processor finds the qwen3_vl entry).
     "qwen3_5": TinySpec(QWEN_SPECIALS, QWEN_ROLES, qwen3_5_config,
                         processor("Qwen3VLProcessor", "Qwen3VLVideoProcessor", 16), added=QWEN3_ADDED),
 }

@@ -2,11 +2,11 @@
 what it does differently, declared here and nowhere else.
 
 The generic tests (tests/test_family_contract.py, tests/test_family_targets.py) run over `CASES`; what a family
-supervises is read from its `sft.families` entry (`closing`) plus the quirks below, so a test never branches on a
+supervises is read from its `sft.family.families` entry (`closing`) plus the quirks below, so a test never branches on a
 family's name. Several cases may share one table entry (Qwen3.5 with thinking on and off; SmolVLM and SmolVLM2).
 
-Adding a family (after its entry in sft/families.py; test_family_contract.py fails until the table entry has a case
-and a README row):
+Adding a family (after its entry in sft/family/families.py; test_family_contract.py fails until the table entry has a
+case and a README row):
 1. its builder: a `TinySpec` (tests/families/build.py) — special tokens and their roles, `config(tok)`,
    `processor(tok, template)` — in tests/families/misc.py or a module of its own, provenance beside it;
 2. one `Case` in `CASES` below: name, `family_named(...)`, `from_spec(SPEC)`, its template (a file of
@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft import tiny
-from sft.families import Family, family_named
-from sft.messages import text_of
+from sft.data.messages import text_of
+from sft.family.families import Family, family_named
+from sft.model import tiny
 from tests.conftest import CHAT_TEMPLATES
 from tests.families import misc, paligemma, phi4, qwen
 from tests.families.build import TinySpec, build_from
@@ -38,10 +38,10 @@ class Case:
     """One tiny model of one family, and how its template differs from the plain contract (the defaults)."""
 
     name: str
-    family: Family  # its entry in sft.families.FAMILIES
+    family: Family  # its entry in sft.family.families.FAMILIES
     build: Callable[[Path, str | None], None]  # (folder, chat template text) -> the model and processor written there
     template: str | Path | None = None  # a file name in shared/fixtures/chat-templates, or a path (a template kept in
-    # tests/families/templates); None: the builder brings its own (sft/tiny.py) or the family has none (PaliGemma)
+    # tests/families/templates); None: the builder brings its own (sft/model/tiny.py) or the family has none (PaliGemma)
     images: tuple[bool, ...] = (False, True)  # rows it takes without / with an image (text model: no image)
     shapes: tuple[str, ...] = tuple(SHAPES)  # the row shapes (tests/families/rows.py) it takes
     reply_prefix: str = ""  # what the template writes between the generation prompt and a reply (supervised)
@@ -83,7 +83,7 @@ class Case:
 
 
 def from_sft_tiny(name: str) -> Callable[[Path, str | None], None]:
-    """A builder of sft/tiny.py (its chat template is its own)."""
+    """A builder of sft/model/tiny.py (its chat template is its own)."""
     return lambda out, template: tiny.BUILDERS[name](out)
 
 
@@ -182,11 +182,11 @@ class Built:
         return self.folders[case.name]
 
     def load(self, case: Case):
-        """(processor, model in eval mode) as the toolkit loads them (sft.model), with the case's family."""
+        """(processor, model in eval mode) as the toolkit loads them (sft.model.loading), with the case's family."""
         from transformers import AutoConfig
         from trl import ModelConfig
 
-        from sft.model import load_model, load_processor
+        from sft.model.loading import load_model, load_processor
 
         if case.name not in self.loaded:
             folder = str(self.folder(case))

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sft.recipe import load_recipe
-from sft.train import main as train
+from sft.config.recipe import load_recipe
+from sft.run.train import main as train
 from tests.conftest import write_jsonl, write_video
 from tests.families.registry import BY_NAME, VIDEO, VISION, Case, build
 from tests.test_training import ELEMENTS, recipe_for

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from sft.export import export_adapter, load_base, load_with_adapter, merge
-from sft.predict import predict
+from sft.outputs.export import export_adapter, load_base, load_with_adapter, merge
+from sft.outputs.predict import predict
 
 
 def assert_merge_and_predict_agree(run: Path, base_dir: Path, batches: list[dict], tmp_path: Path) -> None:

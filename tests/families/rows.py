@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sft.collator import IGNORE_INDEX
+from sft.labels.collator import IGNORE_INDEX
 from tests.conftest import write_image, write_video
 
 SHAPES = {
@@ -25,7 +25,7 @@ LONG_PROMPT = "Formwork is a temporary mould for concrete. " * 30
 
 
 def row(tmp_path: Path, messages: list[dict], images: int = 0, where: str = "t.jsonl:1") -> dict:
-    """A collator row (as sft.dataset stores it) with `images` copies of one 50 x 36 image."""
+    """A collator row (as sft.labels.dataset stores it) with `images` copies of one 50 x 36 image."""
     paths = [str(write_image(tmp_path / "img.png", size=(36, 50)))] * images
     return {"where": where, "row": 1, "messages": messages, "stored_images": paths}
 

@@ -1,0 +1,3 @@
+"""The recipe: flat YAML read by TRL's parser into TRL's dataclasses and the toolkit's own (`DataArguments`),
+every key checked when the recipe loads. May import data/, family/, eval/ (names they define); never run/ or model/.
+"""
