@@ -240,7 +240,7 @@ else:
     from sft.run.train import prepare_split
     from sft.labels.labelling import make_collator
     from sft.model.loading import load_processor_and_family
-    from sft.labels.dataset import load_rows
+    from sft.data.arrow_rows import load_rows
     recipe = load_recipe({recipe!r})
     collator = make_collator(*load_processor_and_family(recipe.model), max_length=recipe.training.max_length)
     rows = load_rows(recipe.data.train_file, recipe.data.image_root, recipe.data.column_map)

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 # light: each command imports what it needs on use
-from sft.outputs.commands import cmd_export_adapter, cmd_merge, cmd_predict, cmd_report, no_overrides
+from sft.commands import cmd_export_adapter, cmd_merge, cmd_predict, cmd_report, no_overrides
 
 USAGE_EXAMPLES = """examples:
   sft train recipes/smoke.yaml --learning_rate 1e-3

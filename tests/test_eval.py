@@ -9,10 +9,10 @@ import pytest
 
 from sft.cli import main as sft
 from sft.config.recipe import load_recipe
+from sft.data.arrow_rows import load_rows
 from sft.data.eval_split import held_out_positions, split_rows
 from sft.errors import UserError
 from sft.eval.metrics import score
-from sft.labels.dataset import load_rows
 from sft.outputs.predict import default_data, held_out_rows, predict
 from sft.run.train import main as train
 from tests.conftest import REPO, write_jsonl, write_recipe

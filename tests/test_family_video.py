@@ -14,7 +14,7 @@ import torch
 
 from sft.family.families import FAMILIES
 from sft.family.video_budget import VIDEO_BUDGETS
-from sft.labels.dataset import measure
+from sft.labels.fit import measure
 from sft.labels.labelling import make_collator
 from tests.families.checks import (
     assert_tensors_match_input_ids,

@@ -25,7 +25,7 @@ from sft.config.data_arguments import DataArguments
 from sft.errors import UserError
 from sft.family.families import FAMILIES, find_family
 from sft.family.image_budget import IMAGE_BUDGETS, ImageBudget, apply_image_budget, match_model_to_processor
-from sft.labels.dataset import measure
+from sft.labels.fit import measure
 from sft.labels.labelling import make_collator
 from sft.model.loading import load_model, load_processor, processor_and_family
 from tests.conftest import REAL_PROCESSORS, write_image, write_jsonl, write_recipe
@@ -60,7 +60,7 @@ def image_row(tmp_path, size: tuple[int, int], text: str = "What is it?") -> dic
 
 
 def visual(folder, budget: ImageBudget | None, row: dict) -> int:
-    """The visual tokens `sft check` and training count for the row (sft.labels.dataset.measure)."""
+    """The visual tokens `sft check` and training count for the row (sft.labels.fit.measure)."""
     return counted(*loaded(folder, budget), row)
 
 

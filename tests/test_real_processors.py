@@ -19,7 +19,7 @@ from transformers import (
 
 from sft.errors import UserError
 from sft.labels.collator import CompletionOnlyCollator
-from sft.labels.dataset import measure
+from sft.labels.fit import measure
 from tests.conftest import REAL_PROCESSORS, write_image
 from tests.families.checks import assert_tensors_match_input_ids
 from tests.families.registry import BY_NAME

@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from sft.labels.dataset import measure
+from sft.labels.fit import measure
 from sft.labels.labelling import make_collator
 from sft.labels.packing import PackedBatches
 from tests.families.registry import BY_NAME, cases

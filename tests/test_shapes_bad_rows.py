@@ -16,10 +16,10 @@ import pytest
 from datasets import Dataset, DatasetDict, Image, List
 
 from sft.cli import main
+from sft.data.arrow_rows import load_rows
 from sft.data.rows import RowError, iter_rows
 from sft.data.sources import DatasetSplit
 from sft.errors import UserError
-from sft.labels.dataset import load_rows
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe
 
 GOOD = {"prompt": "What?", "completion": "water"}

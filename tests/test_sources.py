@@ -2,7 +2,7 @@
 
 Each case writes real files with `datasets` (parquet and Arrow with embedded `Image` features, a `save_to_disk`
 folder, a folder of data files) or by hand (JSONL, a JSON array, CSV with image paths), reads it with
-`sft.labels.dataset.load_rows` (what `sft train` does), and checks the supervised text of every row on the tiny Mllama
+`sft.data.arrow_rows.load_rows` (what `sft train` does), and checks the supervised text of every row on the tiny Mllama
 and Idefics3 processors.
 """
 
@@ -15,10 +15,10 @@ import shutil
 import pytest
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 
+from sft.data.arrow_rows import load_rows
 from sft.data.messages import image_count
 from sft.data.sources import DatasetSplit, file_source
 from sft.labels.collator import CompletionOnlyCollator
-from sft.labels.dataset import load_rows
 from tests.conftest import write_image
 from tests.families.registry import BY_NAME
 from tests.families.rows import supervised_text

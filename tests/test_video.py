@@ -14,11 +14,12 @@ import pytest
 from transformers import AutoConfig
 
 from sft.cli import main
+from sft.data.arrow_rows import load_rows
 from sft.data.rows import RowError, iter_rows
 from sft.data.video import decode_clip, frame_indices
 from sft.errors import UserError
 from sft.family.video_budget import VideoBudget
-from sft.labels.dataset import load_rows, measure
+from sft.labels.fit import measure
 from sft.labels.labelling import make_collator
 from sft.model.loading import processor_and_family
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe, write_video

@@ -17,7 +17,7 @@ from sft.data.sources import Source
 from sft.errors import UserError
 from sft.family.image_budget import dropped_for_images, visual_summary
 from sft.labels.collator import IGNORE_INDEX
-from sft.labels.dataset import measure
+from sft.labels.fit import measure
 from sft.labels.labelling import Labeller
 from sft.labels.packing import pack_rows, packing_mode
 

@@ -57,8 +57,8 @@ TOOLKIT = {
     "do_train": "sft/run/train.py (`sft train` always trains; `sft plan` and `sft check` stop before)",
     "trust_remote_code": "sft/model/loading.py load_config, load_processor, load_model",
     "chat_template_path": "sft/family/chat_template.py (a .jinja/.j2 file on the processor before any row renders)",
-    "dataset_num_proc": "sft/labels/dataset.py fit_to_length (processes measuring the rows)",
-    "max_length": "sft/labels/dataset.py fit_to_length (drop or shorten_prompt), sft/labels/collator.py, "
+    "dataset_num_proc": "sft/labels/fit.py fit_to_length (processes measuring the rows)",
+    "max_length": "sft/labels/fit.py fit_to_length (drop or shorten_prompt), sft/labels/collator.py, "
                   "sft/labels/packing.py",
     "packing": "sft/labels/packing.py (rows whole, for image rows too)",
     "packing_strategy": "sft/labels/packing.py refuse_unpackable (only bfd keeps every row whole)",

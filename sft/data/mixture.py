@@ -24,12 +24,12 @@ from pathlib import Path
 
 from datasets import Dataset, Features, Value, concatenate_datasets
 
+from sft.data.arrow_rows import FEATURES, raise_on_errors, read_errors
 from sft.data.eval_split import split_rows
 from sft.data.mixture_entry import MixtureEntry
 from sft.data.rows import RowError, iter_rows
 from sft.data.sources import SUFFIXES, DatasetSplit, Problem, Source, file_source, split_sources
 from sft.errors import UserError
-from sft.labels.dataset import FEATURES, raise_on_errors, read_errors
 
 BUILDERS = ("json", "parquet", "csv", "arrow")  # `datasets` builders of the files the toolkit reads itself
 MIXED_FEATURES = Features({**FEATURES, "source": Value("int32")})  # `source`: the entry's index in `datasets`
@@ -195,7 +195,7 @@ class Mixture:
     counts: list[EntryCounts]
 
     def fitted(self, split: str, kept: Dataset) -> list[str]:
-        """Count per entry the rows of `split` that fit max_length (`kept`: sft.labels.dataset.fit_to_length's rows);
+        """Count per entry the rows of `split` that fit max_length (`kept`: sft.labels.fit.fit_to_length's rows);
         one log line per entry."""
         columns = kept.select_columns(["source", "status"]).to_dict()
         kept_counts = Counter(zip(columns["source"], columns["status"]))

@@ -174,7 +174,7 @@ class CompletionOnlyCollator:
         return batch
 
     def from_row_ids(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        """The batch of rows whose ids and labels were placed once when they were measured (sft.labels.dataset.measure):
+        """The batch of rows whose ids and labels were placed once when they were measured (sft.labels.fit.measure):
         right-padded as the processor pads, padding never learnt. What TRL's pre-tokenized path costs, no render."""
         longest = max(len(example["row_ids"]) for example in examples)
         if self.pad_to_multiple_of:
@@ -194,7 +194,7 @@ class CompletionOnlyCollator:
         if self.max_length is not None and length > self.max_length:
             with located(example):
                 raise UserError(f"{length} tokens exceed max_length {self.max_length}; rows must pass "
-                                "sft.labels.dataset.fit_to_length first")
+                                "sft.labels.fit.fit_to_length first")
 
     def inserts_eos(self, messages: list[dict]) -> bool:
         """Whether this row's template writes no closing token, so that EOS is inserted after each reply."""

@@ -1,7 +1,7 @@
 """Packing (`packing: true`) and padding-free batches (`padding_free: true`), with TRL's meanings, for image rows
 and text rows alike.
 
-Rows are measured before training (sft.labels.dataset.fit_to_length writes each row's `length` after image expansion).
+Rows are measured before training (sft.labels.fit.fit_to_length writes each row's `length` after image expansion).
 `packing` groups them into packs of at most `max_length` tokens with TRL's best-fit-decreasing binning (a row is
 never split); `padding_free` leaves each row its own pack. Either way a micro-batch goes through the family's
 labeller as one processor call (so every image tensor is what an unpacked batch gets), then its rows are laid end to

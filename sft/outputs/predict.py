@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 from sft.config.recipe import DataArguments
+from sft.data.arrow_rows import raise_on_errors
 from sft.data.rows import RowError, iter_rows
 from sft.errors import UserError
 from sft.eval.generation import generate_replies, max_reply_tokens, reference
 from sft.eval.metrics import default_metrics, score
 from sft.family.image_budget import match_model_to_processor
-from sft.labels.dataset import raise_on_errors
 from sft.labels.labelling import make_collator
 from sft.model.loading import processor_and_family
 from sft.outputs.export import load_base, load_with_adapter

@@ -10,6 +10,7 @@ import torch
 from transformers import EarlyStoppingCallback, set_seed
 
 from sft.config.recipe import Recipe
+from sft.data.arrow_rows import load_rows
 from sft.data.eval_split import split_rows
 from sft.data.mixture import Mixture, load_mixture
 from sft.data.sources import split_sources
@@ -18,7 +19,7 @@ from sft.eval.generation import reference
 from sft.eval.metrics import bleu_tokenizer, check_metric_for_best_model, default_metrics
 from sft.family.image_budget import match_model_to_processor
 from sft.family.parts import PARTS, parameter_counts, refuse_untold, set_trainable
-from sft.labels.dataset import FitReport, fit_to_length, load_rows
+from sft.labels.fit import FitReport, fit_to_length
 from sft.labels.labelling import Labeller, make_collator
 from sft.labels.packing import PackedBatches, pack_rows, pack_summary, packing_mode, refuse_unpackable
 from sft.model.loading import liger_unavailable, load_config, load_model, load_processor_and_family, meta_model

@@ -8,7 +8,7 @@ import torch
 
 from sft.errors import UserError
 from sft.family.families import Family
-from sft.labels.dataset import measure
+from sft.labels.fit import measure
 from sft.labels.labelling import make_collator
 
 

@@ -25,7 +25,7 @@ LONG_PROMPT = "Formwork is a temporary mould for concrete. " * 30
 
 
 def row(tmp_path: Path, messages: list[dict], images: int = 0, where: str = "t.jsonl:1") -> dict:
-    """A collator row (as sft.labels.dataset stores it) with `images` copies of one 50 x 36 image."""
+    """A collator row (as sft.data.arrow_rows stores it) with `images` copies of one 50 x 36 image."""
     paths = [str(write_image(tmp_path / "img.png", size=(36, 50)))] * images
     return {"where": where, "row": 1, "messages": messages, "stored_images": paths}
 

@@ -1,10 +1,5 @@
-"""Datasets for training: rows kept lazily in Arrow, each measured once against `max_length`.
-
-Rows from any source (sft/data/sources.py) are written to an Arrow file by `datasets` (memory-mapped, never all in RAM).
-Images are stored as `Image(decode=False)` entries: a path stays a path, embedded bytes stay bytes in the mapped
-file, and nothing is decoded until the collator loads a batch. One pass renders every row through the collator to
-count its tokens, so a row that does not fit is dropped and counted (or its prompt shortened) before training,
-never cut mid-answer.
+"""Rows measured once against `max_length`: one pass renders every row through the collator to count its tokens, so
+a row that does not fit is dropped and counted (or its prompt shortened) before training, never cut mid-answer.
 """
 
 from __future__ import annotations
@@ -12,74 +7,16 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset
 
 from sft.data.messages import text_of, with_text
-from sft.data.rows import RowError, iter_rows
-from sft.data.sources import DatasetSplit, Source, file_source
-from sft.errors import UserError
 from sft.family.image_budget import dropped_for_images, image_settings, visual_summary, visual_tokens
 from sft.labels.collator import located
 from sft.labels.labelling import Labeller
 from sft.labels.video_batch import split_visuals
 
-# `stored_images`, not `images`: TRL's SFTTrainer takes a dataset with an `images` column for a vision dataset
-# and refuses it with a text model (trl 1.16.0, sft_trainer.py "appears to be vision-related").
-FEATURES = Features({
-    "where": Value("string"),
-    "row": Value("int64"),
-    "messages": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
-    "stored_images": List(Image(decode=False)),
-    "stored_videos": List(Value("string")),  # paths; frames are decoded per batch by the collator (sft/data/video.py)
-})
-MAX_ERRORS_SHOWN = 20
 
-
-def _source(spec: dict) -> Source:
-    return file_source(spec["file"]) if spec.get("file") else \
-        DatasetSplit(spec["dataset_name"], spec["split"], spec.get("config"))
-
-
-def _spec(source: Source) -> dict:
-    """The source as plain values: `datasets` hashes the generator's arguments to key its cache."""
-    if isinstance(source, DatasetSplit):
-        return {"dataset_name": source.dataset_name, "split": source.split, "config": source.config}
-    return {"file": str(source.path)}
-
-
-def _generate(spec: dict, image_root: str | None, column_map: dict | None, fingerprint: str):
-    # `fingerprint` is unused here; it keys the `datasets` cache so edited data is read again.
-    for item in iter_rows(_source(spec), image_root, column_map):
-        if not isinstance(item, RowError):
-            yield item
-
-
-def read_errors(source: Source | str | Path, image_root: str | None, column_map: dict | None) -> list[RowError]:
-    """Every bad row of the source (one streaming pass)."""
-    return [item for item in iter_rows(source, image_root, column_map) if isinstance(item, RowError)]
-
-
-def raise_on_errors(errors: list[RowError]) -> None:
-    if errors:
-        shown = "\n".join(str(e) for e in errors[:MAX_ERRORS_SHOWN])
-        more = f"\n... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
-        raise UserError(f"{len(errors)} bad row(s):\n{shown}{more}")
-
-
-def load_rows(source: Source | str | Path, image_root: str | None = None, column_map: dict | None = None) -> Dataset:
-    """All rows of a source (or data file) as a lazy Arrow dataset; any bad row stops here, each named."""
-    source = source if isinstance(source, Source) else file_source(source)
-    raise_on_errors(read_errors(source, image_root, column_map))
-    kwargs = dict(spec=_spec(source), image_root=image_root, column_map=column_map, fingerprint=source.fingerprint())
-    dataset = Dataset.from_generator(_generate, gen_kwargs=kwargs, features=FEATURES)
-    if len(dataset) == 0:
-        raise UserError(f"{source.name}: no rows")
-    return dataset
-
-
-# ---- fitting rows into max_length -------------------------------------------------------------------------------
 def _shorten_prompt(collator: Labeller, example: dict, excess: int) -> dict | None:
     """The row with its longest user text cut by about `excess` tokens from its end; None if it cannot shrink."""
     messages = list(example["messages"])
