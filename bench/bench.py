@@ -237,7 +237,7 @@ if {what!r} == "check":
         code = main(["check", {recipe!r}])
 else:
     from sft.config.recipe import load_recipe
-    from sft.run.train import prepare_split
+    from sft.run.prepare import prepare_split
     from sft.labels.labelling import make_collator
     from sft.model.loading import load_processor_and_family
     from sft.data.arrow_rows import load_rows

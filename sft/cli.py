@@ -44,17 +44,10 @@ def _has_cuda() -> bool:
 
 def _recipe_and_collator(args, overrides):
     from sft.config.recipe import load_recipe
-    from sft.labels.labelling import make_collator
-    from sft.model.loading import load_processor_and_family
+    from sft.model.processing import open_processing
 
     recipe = load_recipe(args.recipe, overrides)
-    processing_class, family = load_processor_and_family(recipe.model, recipe.training.trust_remote_code,
-                                                         recipe.data.family, recipe.training.chat_template_path,
-                                                         recipe.data.image_budget, recipe.data.video_budget)
-    collator = make_collator(processing_class, family, date_string=recipe.data.date_string,
-                             max_length=recipe.training.max_length,
-                             completion_only_loss=recipe.training.completion_only_loss)
-    return recipe, collator
+    return recipe, open_processing(recipe).collator  # the same processor, family and collator as `sft train`
 
 
 def cmd_train(args, overrides) -> int:

@@ -20,7 +20,7 @@ from sft.pages.preview_page import write_preview_page
 from sft.pages.run_report import write_report
 from sft.pages.token_pieces import supervised_runs, token_runs
 from tests.browser import Browser, find_chromium
-from tests.conftest import REPO, write_image, write_jsonl, write_recipe
+from tests.conftest import write_image, write_jsonl, write_recipe
 
 HOSTILE = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
 ELEMENTS = {"water": (40, 90, 220), "fire": (230, 60, 30), "earth": (120, 80, 40)}
@@ -142,11 +142,6 @@ def test_marked_difference_marks_extra_and_missing_words():
         {"kind": "same", "text": "the "}, {"kind": "missing", "text": "red"}, {"kind": "extra", "text": "blue"},
         {"kind": "same", "text": " fire"}]
     assert marked_difference(None, "x") == [{"kind": "same", "text": "x"}]
-
-
-def test_templates_ship_as_package_data():
-    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
-    assert '[tool.setuptools.package-data]\nsft = ["templates/*.html", "templates/*.js"]' in pyproject
 
 
 def test_preview_html_command_writes_the_page(labelled, tmp_path, capsys):

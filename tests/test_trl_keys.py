@@ -91,10 +91,10 @@ def test_every_field_of_sft_config_and_model_config_is_passed_through_done_by_th
 
 
 def test_each_field_the_toolkit_does_itself_names_modules_that_exist():
-    missing = {key: path for key, where in TOOLKIT.items() for path in re.findall(r"sft/\w+\.py", where)
+    missing = {key: path for key, where in TOOLKIT.items() for path in re.findall(r"sft/[\w/]+\.py", where)
                if not (REPO / path).is_file()}
     assert missing == {}
-    assert [key for key, where in TOOLKIT.items() if not re.search(r"sft/\w+\.py", where)] == []
+    assert [key for key, where in TOOLKIT.items() if not re.search(r"sft/[\w/]+\.py", where)] == []
 
 
 @pytest.mark.parametrize("field", [field for field in SURFACE if field.name in REFUSED], ids=lambda field: field.name)

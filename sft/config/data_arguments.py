@@ -136,7 +136,7 @@ class DataArguments:
     # Image budgets (sft/family/image_budget.py): set on the family's own processor setting when the processor loads.
     image_max_pixels: int | None = field(
         default=None, metadata={"help": "Most pixels of a resized image (the canvas the processor cuts into patches "
-                                        "or tiles), through the family's own setting (README: Image budgets); "
+                                        "or tiles), through the family's own setting (docs/data.md: Image budgets); "
                                         "default: the processor's. Refused for families of one fixed image size."})
     image_min_pixels: int | None = field(
         default=None, metadata={"help": "Fewest pixels of a resized image (small images are scaled up), where the "
@@ -150,7 +150,7 @@ class DataArguments:
                                         "InternVL 3 and LLaVA-OneVision, whose processors stack a batch's clips."})
     video_max_pixels: int | None = field(
         default=None, metadata={"help": "Most pixels of one resized video frame, through the family's own setting "
-                                        "(README: Video); default: the processor's. Refused where every frame is "
+                                        "(docs/data.md: Video); default: the processor's. Refused where every frame is "
                                         "one fixed size."})
     # Several sources in one run (sft/data/mixture.py): TRL's `datasets` list (trl 1.16 DatasetConfig keys and meanings)
     # plus weight, column_map, image_root and test_split per entry (sft/data/mixture_entry.py).

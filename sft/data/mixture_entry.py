@@ -19,7 +19,7 @@ from sft.errors import UserError
 @dataclass
 class MixtureEntry(DatasetConfig):
     """One source of a mixture: TRL's `path`, `name`, `data_dir`, `data_files`, `split`, `columns`, `fraction`, and
-    the toolkit's `weight`, `column_map`, `image_root` and `test_split` (README: Mixing datasets)."""
+    the toolkit's `weight`, `column_map`, `image_root` and `test_split` (docs/data.md: Mixing datasets)."""
 
     weight: float | None = None  # rows x weight: every row as many whole times as fit, then a seeded sample
     column_map: dict[str, str] | None = None  # standard name -> this source's column, as the recipe's column_map

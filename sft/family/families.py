@@ -4,8 +4,8 @@ The label contract (shared/DESIGN.md) is the same for all of them and lives in s
 sft/labels/token_labels.py; what is here is only what cannot be read off the processor or the config: which module names
 are the vision side (never LoRA'd, never quantized), what the chat template writes for an image when that is not
 `processor.image_token`, how the processor must be loaded, how the family's rows are labelled (`labels`, mapped to
-a class in sft/labels/labelling.py), and the token that closes an assistant turn (where generation stops; the README and
-the tests check it against the template).
+a class in sft/labels/labelling.py), and the token that closes an assistant turn (where generation stops;
+docs/families.md and the tests check it against the template).
 
 The family is found once per command (`find_family`): by the checkpoint's `config.model_type`, else by its
 processor's class, and a recipe's `family:` key overrides both (remote-code or renamed checkpoints).

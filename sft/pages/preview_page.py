@@ -20,7 +20,7 @@ from sft.pages.svg_charts import histogram
 from sft.pages.thumbnails import row_pictures, thumbnails
 from sft.pages.token_pieces import supervised_runs, token_runs
 
-HTML_ROWS = 500  # rows drawn by default: ~1-5 MB for rows of a few hundred tokens with an image each (README)
+HTML_ROWS = 500  # rows drawn by default: ~1-5 MB for rows of a few hundred tokens with an image each (docs/pages.md)
 PAGE_ROWS = 50  # rows a browser page shows at once
 MAX_ERRORS_SHOWN = 50
 

@@ -31,7 +31,7 @@ from sft.model.loading import model_class_for
 from sft.model.targets import is_quantized, lora_targets
 from sft.plan.part_memory import PartCosts, part_costs
 
-MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "model_configs"
+MODEL_CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "model_configs"
 GIB = 1024**3
 CUDA_CONTEXT_BYTES = 1.0 * GIB  # context + cuBLAS workspace (~0.5) and the caching allocator's slack (~0.5)
 # bitsandbytes 0.50 int8 layers hold about 17 x hidden bytes a token a layer beyond a 16-bit layer, with or

@@ -1,3 +1,3 @@
-"""`sft train` in stages (decide, prepare data, build, fit, finish), the trainer, the run's guards and launch
-checks. The top stage: it may import every other; nothing but sft/cli.py imports it.
+"""`sft train` in stages — decide, prepare data, build, fit, finish (sft/run/train.py) — with the trainer, the run's
+guards and the launch checks. The top stage: it may import every other; only the command line imports it.
 """

@@ -16,22 +16,35 @@ from transformers.trainer_utils import get_last_checkpoint
 from sft.errors import UserError
 
 
-def check_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> None:
-    """Refuse to train into a folder holding another run, unless resuming or `overwrite_output_dir`."""
+def check_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> list[str]:
+    """Refuse to train into a folder holding another run, unless resuming or `overwrite_output_dir`. Nothing is removed
+    here: returns the old run's checkpoint folders that `clear_output_dir` removes once training is about to start."""
     out = Path(output_dir)
     if not out.is_dir():
-        return
+        return []
     checkpoints = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
     finished = (out / "adapter_model.safetensors").is_file() or (out / "model.safetensors").is_file()
     if not (checkpoints or finished) or resuming:
-        return
+        return []
     if not overwrite:
         held = f"checkpoints {', '.join(checkpoints)}" if checkpoints else "a finished run"
         raise UserError(f"{out}: holds {held} of another run; resume with --resume_from_checkpoint true, "
                         "pass --overwrite_output_dir true to replace it, or choose another output_dir")
+    return checkpoints
+
+
+def clear_output_dir(output_dir: str, checkpoints: list[str], resuming: bool) -> None:
+    """Training starts: the old run's checkpoints (overwrite_output_dir) and, unless resuming, an earlier run's eval
+    predictions are removed, each said."""
+    out = Path(output_dir)
     for name in checkpoints:
         shutil.rmtree(out / name)
-    print(f"[sft] overwrite_output_dir: removed {len(checkpoints)} old checkpoint(s) from {out}", file=sys.stderr)
+    if checkpoints:
+        print(f"[sft] overwrite_output_dir: removed {len(checkpoints)} old checkpoint(s) from {out}: "
+              f"{', '.join(checkpoints)}", file=sys.stderr)
+    if not resuming and (out / "eval_predictions").is_dir():  # a fresh run: no earlier run's predictions beside it
+        shutil.rmtree(out / "eval_predictions", ignore_errors=True)
+        print(f"[sft] removed an earlier run's eval_predictions/ from {out}", file=sys.stderr)
 
 
 def last_checkpoint(output_dir: str) -> str | None:
