@@ -244,18 +244,16 @@ def test_merged_logits_equal_base_plus_adapter_and_predict_agrees(family_models,
 
 
 # ---- every family in the table is covered -----------------------------------------------------------------------
-def readme_rows() -> list[list[str]]:
-    """The cells of each row of the README's model-family table."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Model families"):]
-    section = section[:section.index("\n## ", 1)]
-    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]] for line in section.splitlines()
+def family_table_rows() -> list[list[str]]:
+    """The cells of each row of the model-family table (docs/families.md)."""
+    text = (REPO / "docs" / "families.md").read_text(encoding="utf-8")
+    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]] for line in text.splitlines()
             if line.startswith("| ") and not line.startswith("| family ")]
 
 
 def in_row(family, cells: list[str]) -> bool:
-    """A README row is the family's when it holds the family's example hub id, or when its first cell names the
-    model that hub id is of (`Qwen2-VL` for Qwen/Qwen2-VL-2B-Instruct, `SmolVLM` for SmolVLM-256M-Instruct)."""
+    """A docs/families.md row is the family's when it holds the family's example hub id, or when its first cell names
+    the model that hub id is of (`Qwen2-VL` for Qwen/Qwen2-VL-2B-Instruct, `SmolVLM` for SmolVLM-256M-Instruct)."""
     if family.example in cells:
         return True
     model = family.example.rsplit("/", 1)[-1].lower()
@@ -269,7 +267,7 @@ def test_every_family_in_the_table_has_a_registry_case():
     assert all(case.family in FAMILIES for case in CASES)
 
 
-def test_every_family_in_the_table_has_a_readme_row_and_every_row_a_family():
-    rows = readme_rows()
+def test_every_family_in_the_table_has_a_row_in_docs_families_and_every_row_a_family():
+    rows = family_table_rows()
     assert [family.name for family in FAMILIES if not any(in_row(family, cells) for cells in rows)] == []
     assert [cells[0] for cells in rows if not any(in_row(family, cells) for family in FAMILIES)] == []

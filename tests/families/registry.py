@@ -6,7 +6,7 @@ supervises is read from its `sft.family.families` entry (`closing`) plus the qui
 family's name. Several cases may share one table entry (Qwen3.5 with thinking on and off; SmolVLM and SmolVLM2).
 
 Adding a family (after its entry in sft/family/families.py; test_family_contract.py fails until the table entry has a
-case and a README row):
+case and a row in docs/families.md):
 1. its builder: a `TinySpec` (tests/families/build.py) — special tokens and their roles, `config(tok)`,
    `processor(tok, template)` — in tests/families/misc.py or a module of its own, provenance beside it;
 2. one `Case` in `CASES` below: name, `family_named(...)`, `from_spec(SPEC)`, its template (a file of
@@ -109,7 +109,7 @@ CASES = (
          "transformers_internvl_convert_chat_template.jinja"),
     # Mistral 3's template writes its ~1,700-character default system prompt into a row without a system turn; in a
     # 2-layer random model that drowns the 4 image tokens (measured: one element named for both, accuracy 0.50), and
-    # the README advises a system turn for Mistral 3 anyway (the default prompt carries today's date).
+    # docs/families.md advises a system turn for Mistral 3 anyway (the default prompt carries today's date).
     Case("mistral3", family_named("mistral3"), from_spec(misc.SPECS["mistral3"]),
          "llamacpp_mistralai-Mistral-Small-3.1-24B-Instruct-2503.jinja", system="Name the element."),
     Case("llama4", family_named("llama4"), from_spec(misc.SPECS["llama4"]),
