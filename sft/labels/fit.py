@@ -4,14 +4,16 @@ a row that does not fit is dropped and counted (or its prompt shortened) before 
 
 from __future__ import annotations
 
-import hashlib
+import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from datasets import Dataset
 
 from sft.data.messages import text_of, with_text
-from sft.family.image_budget import dropped_for_images, image_settings, visual_summary, visual_tokens
+from sft.family.image_budget import dropped_for_images, visual_summary, visual_tokens
+from sft.labels.cache_key import measured_key
 from sft.labels.collator import located
 from sft.labels.labelling import Labeller
 from sft.labels.video_batch import split_visuals
@@ -72,6 +74,7 @@ class FitReport:
     counts: Counter
     image_dropped: int = 0  # of the dropped rows, those whose text alone fits ("dropped: image tokens")
     visual: str = ""  # the image rows' visual token counts (sft.family.image_budget.visual_summary)
+    from_cache: bool = False  # measured by an earlier command with the same key (sft/labels/cache_key.py)
 
     @property
     def total(self) -> int:
@@ -81,6 +84,12 @@ class FitReport:
     def dropped_fraction(self) -> float:
         return self.counts["dropped"] / self.total if self.total else 0.0
 
+    @property
+    def measured(self) -> str:
+        """Whether the rows were measured now or read back from the `datasets` cache."""
+        return (f"{self.name}: {self.total} rows measured before (cache)" if self.from_cache
+                else f"{self.name}: measured {self.total} rows")
+
     def __str__(self) -> str:
         c = self.counts
         return (f"{self.name}: {self.total} rows, {c['ok']} kept, {c['truncated']} prompt-shortened, "
@@ -89,16 +98,17 @@ class FitReport:
                 + (f"; {self.visual}" if self.visual else ""))
 
 
+def read_from_cache(measured: Dataset, started: float) -> bool:
+    """Whether `datasets` served the measured rows from its cache: their files are older than this measuring."""
+    files = [Path(entry["filename"]) for entry in measured.cache_files]
+    return bool(files) and all(file.stat().st_mtime < started for file in files)
+
+
 def fit_to_length(dataset: Dataset, collator: Labeller, max_length: int | None, mode: str,
                   name: str, num_proc: int | None = None) -> tuple[Dataset, FitReport]:
     """Measure every row, drop or shorten the ones that do not fit, and report the counts."""
-    # `measured-v5`: the measured columns (image_count, video_frames, image_tokens, row_ids, row_labels); a cache
-    # written before lacks them. The image and video processors' settings (budgets) change the rows' lengths.
-    # completion_only_loss: the stored row_labels are the replies' or the whole conversation's.
-    fingerprint = hashlib.sha256(
-        f"{dataset._fingerprint}|{collator.tokenizer.name_or_path}|{max_length}|{mode}|{collator.date_string}|measured-v5"
-        f"|{image_settings(collator.processing_class)}"
-        f"{'' if collator.completion_only_loss else '|whole-conversation'}".encode()).hexdigest()[:32]
+    fingerprint = measured_key(dataset._fingerprint, collator, max_length, mode)
+    started = time.time()
     measured = dataset.map(
         measure, fn_kwargs=dict(collator=collator, max_length=max_length, mode=mode),
         num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) > 64 else None,
@@ -111,7 +121,7 @@ def fit_to_length(dataset: Dataset, collator: Labeller, max_length: int | None, 
         image_dropped += sum(dropped_for_images(*fit, max_length)
                              for fit in zip(batch["status"], batch["length"], batch["image_tokens"]))
         visual += [tokens for tokens, count in zip(batch["image_tokens"], batch["image_count"]) if count]
-    report = FitReport(name, counts, image_dropped, visual_summary(visual))
+    report = FitReport(name, counts, image_dropped, visual_summary(visual), read_from_cache(measured, started))
     kept = measured.filter(lambda status: status != "dropped", input_columns="status",
                            new_fingerprint=fingerprint + "-kept")
     return kept, report

@@ -63,6 +63,7 @@ def prepare_split(recipe: Recipe, collator: Labeller, name: str, rows, mixture: 
     `datasets` mixture, each source's)."""
     kept, report = fit_to_length(rows, collator, recipe.training.max_length, recipe.data.truncation, name,
                                  num_proc=recipe.training.dataset_num_proc)
+    log(report.measured)
     log(str(report))
     for line in mixture.fitted(name, kept) if mixture else ():
         log(line)
