@@ -5,28 +5,37 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def run_dir(run: str | None) -> str:
+def run_dir(run: str | None, doing: str | None = None) -> str:
+    """The run a command reads (default: the latest under outputs/); refused while a live run holds it."""
     from sft.outputs.artifacts import latest_run
+    from sft.outputs.run_lock import refuse_if_live
 
-    return run or str(latest_run())
+    run = run or str(latest_run())
+    if doing:
+        refuse_if_live(run, doing)
+    return run
 
 
 def cmd_export_adapter(args, overrides) -> int:
     from sft.outputs.export import export_adapter
+    from sft.outputs.run_lock import refuse_if_live
 
     no_overrides("export-adapter", overrides)
-    run = run_dir(args.run)
+    run = run_dir(args.run, "exporting its adapter")
     out = args.out or str(Path("exports") / f"{Path(run).name}-adapter")
+    refuse_if_live(out, "exporting into it")
     print(f"exported {run} -> {export_adapter(run, out, force=args.force, state_dict=args.state_dict)}")
     return 0
 
 
 def cmd_merge(args, overrides) -> int:
     from sft.outputs.export import merge
+    from sft.outputs.run_lock import refuse_if_live
 
     no_overrides("merge", overrides)
-    run = run_dir(args.run)
+    run = run_dir(args.run, "merging its adapter")
     out = args.out or str(Path("exports") / f"{Path(run).name}-merged-{args.dtype}")
+    refuse_if_live(out, "merging into it")
     print(f"merged {run} into its {args.dtype} base -> {merge(run, out, dtype=args.dtype, force=args.force)}")
     return 0
 
@@ -38,7 +47,7 @@ def cmd_predict(args, overrides) -> int:
     from sft.outputs.predict import default_data, held_out_rows, predict
 
     no_overrides("predict", overrides)
-    model = run_dir(args.model)
+    model = run_dir(args.model, "predicting with it")
     data, image_root, column_map = (args.data, args.image_root, None) if args.data else default_data(model)
     rows = None if args.data else held_out_rows(model)
     if args.column_map:

@@ -13,14 +13,14 @@ from peft import LoraConfig
 from transformers import set_seed
 
 from sft.config.recipe import Recipe
-from sft.errors import UserError
 from sft.family.parts import refuse_untold
 from sft.labels.packing import packing_mode, refuse_unpackable
 from sft.model.loading import liger_unavailable, load_config, meta_model
 from sft.model.processing import Processing, open_processing
 from sft.model.targets import lora_config
 from sft.plan.estimate import apply_auto
-from sft.run.guards import check_output_dir, last_checkpoint
+from sft.run.checkpoints import resume_point
+from sft.run.guards import check_output_dir
 from sft.run.log import log
 
 
@@ -30,7 +30,7 @@ class RunSetup:
     processing: Processing  # processor, family, labeller: opened once, here
     peft_config: LoraConfig | None  # None: no part trains with LoRA (plain fine-tuning of the `full` parts)
     packing: str | None  # "packing", "padding_free" or None (sft/labels/packing.py packing_mode)
-    resume: bool | str | None  # resume_from_checkpoint: True (the last checkpoint), a path, or None
+    resume: str | None  # the complete checkpoint to resume from, or None
     replaces: list[str]  # the old run's checkpoints that overwrite_output_dir removes when training starts
 
 
@@ -57,10 +57,10 @@ def decide(recipe: Recipe) -> RunSetup:
     log(f"family: {family.name}, found by {family.found_by}")
     refuse_untold(family, recipe.parts)  # a part the table cannot tell apart stays frozen
     refuse_unpackable(family, args)  # packing / padding_free: refused here if not exact for the family
-    resume = resume_choice(args.resume_from_checkpoint)
+    resume, skipped = resume_point(args.output_dir, resume_choice(args.resume_from_checkpoint))
+    for name in skipped:
+        log(f"resume: skipping {name}: half-written (its save was cut off; no whole trainer_state.json)")
     replaces = check_output_dir(args.output_dir, resuming=bool(resume), overwrite=recipe.data.overwrite_output_dir)
-    if resume is True and last_checkpoint(args.output_dir) is None:
-        raise UserError(f"{args.output_dir}: no checkpoint to resume from")
     # What trains is chosen on the architecture (meta device), so a bad choice costs no weight load.
     peft_config = lora_config(model_args, meta_model(model_args, args.trust_remote_code), family, recipe.parts)
     return RunSetup(recipe, processing, peft_config, packing_mode(args), resume, replaces)

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from sft.errors import UserError
+from sft.run.checkpoints import last_checkpoint
 
 
 def check_output_dir(output_dir: str, resuming: bool, overwrite: bool) -> list[str]:
@@ -45,10 +45,6 @@ def clear_output_dir(output_dir: str, checkpoints: list[str], resuming: bool) ->
     if not resuming and (out / "eval_predictions").is_dir():  # a fresh run: no earlier run's predictions beside it
         shutil.rmtree(out / "eval_predictions", ignore_errors=True)
         print(f"[sft] removed an earlier run's eval_predictions/ from {out}", file=sys.stderr)
-
-
-def last_checkpoint(output_dir: str) -> str | None:
-    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
 
 
 class SaveOnInterrupt(TrainerCallback):
