@@ -261,3 +261,27 @@ def test_an_image_set_a_text_set_and_a_video_set_train_together_counted_per_sour
     counts = [(source["rows_read"], source["train_rows"], source["rows"]["train"]["ok"])
               for source in manifest["datasets"]]
     assert counts == [(4, 4, 4), (4, 2, 2), (4, 8, 8)]
+
+
+def test_check_the_dry_run_and_the_data_page_show_the_mixture_that_training_takes(tiny_models, tmp_path, capsys):
+    a = write_jsonl(tmp_path / "a.jsonl", [*qa_rows(3), {"prompt": LONG, "completion": "too long"}])
+    b = write_jsonl(tmp_path / "b.jsonl", qa_rows(4, "b"))
+    path = write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(tiny_models["llama"]), max_length=64,
+                        max_dropped_fraction=0.5, output_dir=str(tmp_path / "run"), num_train_epochs=1,
+                        datasets=[{"path": str(a), "weight": 2}, {"path": str(b), "weight": 0.5}])
+    lines = [f"datasets[0] ({a}): 4 rows read, 8 in the mixture (weight 2): 6 kept (0 prompt-shortened), 2 dropped "
+             "as too long",
+             f"datasets[1] ({b}): 4 rows read, 2 in the mixture (weight 0.5): 2 kept (0 prompt-shortened), 0 dropped "
+             "as too long"]
+    assert sft(["check", str(path)]) == 0
+    checked = capsys.readouterr().out
+    assert sft(["train", str(path), "--dry-run"]) == 0
+    dry_run = capsys.readouterr().out
+    assert sft(["preview", str(path), "--html", str(tmp_path / "page.html")]) == 0
+    page = (tmp_path / "page.html").read_text(encoding="utf-8")
+    train(load_recipe(path))
+    logged = capsys.readouterr().err
+    for line in lines:
+        assert f"mixture {line}" in checked and f"mixture {line}" in dry_run
+        assert f"<div>{line}</div>" in page
+        assert f"[sft] {line}" in logged  # what training took, said the same way before it

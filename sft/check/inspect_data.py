@@ -11,7 +11,7 @@ from itertools import chain
 from datasets import Dataset
 
 from sft.config.recipe import Recipe
-from sft.data.mixture import data_sources
+from sft.data.mixture import data_sources, load_mixture
 from sft.data.rows import RowError, iter_rows
 from sft.data.sources import Source
 from sft.errors import UserError
@@ -56,10 +56,27 @@ def sources_of_split(recipe: Recipe, split: str) -> list[Source]:
     return sources
 
 
+def mixture_lines(recipe: Recipe, statuses: dict[str, str], split: str = "train") -> list[str]:
+    """For a `datasets` recipe, the lines training logs of the mixture, from rows measured here (`statuses`: each
+    row's place -> ok/truncated/dropped): per entry, rows read, held out, in the mixture with the fraction or weight
+    that sized it, kept and dropped. Empty for a single source."""
+    if not recipe.data.datasets:
+        return []
+    mixture = load_mixture(recipe.data, recipe.training.seed)  # the same rows, sizes and seed as training
+    rows = mixture.train if split == "train" else mixture.eval
+    if rows is None:
+        return []
+    columns = rows.select_columns(["source", "where"]).to_dict()
+    fits = [(source, statuses[where]) for source, where in zip(columns["source"], columns["where"])]
+    kept = [(source, status) for source, status in fits if status != "dropped"]
+    return mixture.fitted(split, Dataset.from_dict({"source": [source for source, _ in kept],
+                                                    "status": [status for _, status in kept]}))
+
+
 def check(recipe: Recipe, collator: Labeller, measured: dict | None = None) -> int:
     """Validate every row of every data source; print each problem and a summary. Returns the exit code.
     `measured` gets the train rows' longest kept length and most visual tokens (for the plan: sft.plan.estimate)."""
-    failed = False
+    failed, statuses, read = False, {}, 0
     for name, source in data_sources(recipe.data):  # a `datasets` mixture: each entry's split and test_split
         counts, errors, supervised, visual = Counter(), 0, 0, []
         max_length = recipe.training.max_length
@@ -70,6 +87,8 @@ def check(recipe: Recipe, collator: Labeller, measured: dict | None = None) -> i
                 continue
             fit = result[1]["fit"]
             counts[fit["status"]] += 1
+            if recipe.data.datasets:
+                statuses[result[0]["where"]] = fit["status"]
             counts["image_dropped"] += dropped_for_images(fit["status"], fit["length"], fit["image_tokens"], max_length)
             supervised += fit["supervised_tokens"]
             visual += [fit["image_tokens"]] if fit["image_count"] else []
@@ -77,6 +96,7 @@ def check(recipe: Recipe, collator: Labeller, measured: dict | None = None) -> i
                 measured["longest"] = max(measured.get("longest", 0), fit["length"])
                 measured["visual_tokens"] = max(measured.get("visual_tokens", 0), fit["image_tokens"])
         total = sum(counts[status] for status in ("ok", "truncated", "dropped")) + errors
+        read += total
         image_dropped = counts["image_dropped"]
         print(f"{name} {source.name}: {total} rows, {counts['ok']} ok, {counts['truncated']} prompt-shortened, "
               f"{counts['dropped']} dropped ({counts['dropped'] - image_dropped} text too long for max_length "
@@ -85,6 +105,10 @@ def check(recipe: Recipe, collator: Labeller, measured: dict | None = None) -> i
         dropped_share = counts["dropped"] / total if total else 0.0
         if errors or total == 0 or dropped_share > recipe.data.max_dropped_fraction:
             failed = True
+    if recipe.data.datasets and len(statuses) == read:  # no bad row: the mixture loads as training loads it
+        for split in ("train", "eval"):
+            for line in mixture_lines(recipe, statuses, split):
+                print(f"mixture {line}")
     return 1 if failed else 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from sft.check.inspect_data import inspect_rows, sources_of_split
+from sft.check.inspect_data import inspect_rows, mixture_lines, sources_of_split
 from sft.config.recipe import Recipe
 from sft.data.rows import RowError
 from sft.family.image_budget import dropped_for_images
@@ -75,7 +75,7 @@ def preview_page(recipe: Recipe, collator: Labeller, limit: int | None = None, s
     limit = HTML_ROWS if limit is None else limit
     max_length = recipe.training.max_length
     sources = sources_of_split(recipe, split)
-    counts, reasons, lengths, errors, rows, first_messages = Counter(), Counter(), [], [], [], None
+    counts, reasons, lengths, errors, rows, first_messages, statuses = Counter(), Counter(), [], [], [], None, {}
     for source in sources:
         for result in inspect_rows(recipe, collator, source, label_limit=max(0, limit - counts["seen"])):
             counts["seen"] += 1
@@ -85,6 +85,8 @@ def preview_page(recipe: Recipe, collator: Labeller, limit: int | None = None, s
                 continue
             row, info = result
             fit = info["fit"]
+            if recipe.data.datasets:  # each row's fit, for the mixture's counts
+                statuses[row["where"]] = fit["status"]
             first_messages = first_messages or fit["messages"]
             counts[fit["status"]] += 1
             counts["supervised"] += fit["supervised_tokens"]
@@ -96,6 +98,7 @@ def preview_page(recipe: Recipe, collator: Labeller, limit: int | None = None, s
     return {"title": f"{Path(recipe.path).stem if recipe.path else 'recipe'}: {split} rows",
             "recipe": str(recipe.path) if recipe.path else None, "split": split,
             "sources": [source.name for source in sources], "family": collator.family,
+            "mixture": mixture_lines(recipe, statuses, split) if recipe.data.datasets and not counts["bad"] else [],
             "template": template_source(recipe, collator), "closing": closing_token(collator, first_messages),
             "completion_only_loss": collator.completion_only_loss, "max_length": max_length,
             "counts": counts, "reasons": [(reason, n) for reason, n in reasons.most_common() if reason],
