@@ -16,26 +16,30 @@ def run_dir(run: str | None, doing: str | None = None) -> str:
     return run
 
 
-def cmd_export_adapter(args, overrides) -> int:
-    from sft.outputs.export import export_adapter
+def run_and_out(args, overrides, command: str, suffix: str) -> tuple[str, str]:
+    """The run an export or merge reads and the folder it writes (default exports/<run><suffix>), neither held by a
+    live run."""
     from sft.outputs.run_lock import refuse_if_live
 
-    no_overrides("export-adapter", overrides)
-    run = run_dir(args.run, "exporting its adapter")
-    out = args.out or str(Path("exports") / f"{Path(run).name}-adapter")
-    refuse_if_live(out, "exporting into it")
+    no_overrides(command, overrides)
+    run = run_dir(args.run, f"sft {command} of it")
+    out = args.out or str(Path("exports") / f"{Path(run).name}{suffix}")
+    refuse_if_live(out, f"sft {command} into it")
+    return run, out
+
+
+def cmd_export_adapter(args, overrides) -> int:
+    from sft.outputs.export import export_adapter
+
+    run, out = run_and_out(args, overrides, "export-adapter", "-adapter")
     print(f"exported {run} -> {export_adapter(run, out, force=args.force, state_dict=args.state_dict)}")
     return 0
 
 
 def cmd_merge(args, overrides) -> int:
     from sft.outputs.export import merge
-    from sft.outputs.run_lock import refuse_if_live
 
-    no_overrides("merge", overrides)
-    run = run_dir(args.run, "merging its adapter")
-    out = args.out or str(Path("exports") / f"{Path(run).name}-merged-{args.dtype}")
-    refuse_if_live(out, "merging into it")
+    run, out = run_and_out(args, overrides, "merge", f"-merged-{args.dtype}")
     print(f"merged {run} into its {args.dtype} base -> {merge(run, out, dtype=args.dtype, force=args.force)}")
     return 0
 
@@ -47,7 +51,7 @@ def cmd_predict(args, overrides) -> int:
     from sft.outputs.predict import default_data, held_out_rows, predict
 
     no_overrides("predict", overrides)
-    model = run_dir(args.model, "predicting with it")
+    model = run_dir(args.model, "sft predict with it")
     data, image_root, column_map = (args.data, args.image_root, None) if args.data else default_data(model)
     rows = None if args.data else held_out_rows(model)
     if args.column_map:
