@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from sft.data.mixture_entry import MixtureEntry, mixture_entries
 from sft.errors import UserError
 from sft.eval.metrics import METRICS, metric_names
+from sft.family.boxes import CONVENTIONS
 from sft.family.families import family_named
 from sft.family.image_budget import ImageBudget
 from sft.family.video_budget import VideoBudget
@@ -119,6 +120,12 @@ class DataArguments:
                   "remote-code or renamed checkpoint; default: found from the checkpoint's model_type, then its "
                   "processor class."},
     )
+    box_convention: str | None = field(
+        default=None,
+        metadata={"help": "How grounding rows' boxes are written (docs/grounding.md): qwen2_vl, qwen2_5_vl, qwen3_vl, "
+                  "internvl, paligemma, or norm1000 (`[x1, y1, x2, y2]` in 0-1000); default: the family's own, "
+                  "refused for a grounding row of a family without one."},
+    )
     # What trains (sft/family/parts.py): each part of a vision model `frozen`, `lora` or `full` (torchtune's
     # three-way choice).
     train_vision_tower: str = field(
@@ -184,6 +191,8 @@ class DataArguments:
             raise UserError(f"column_map must map standard names to your column names, got {self.column_map!r}")
         if self.truncation not in TRUNCATION_MODES:
             raise UserError(f"truncation must be one of {', '.join(TRUNCATION_MODES)}, got {self.truncation!r}")
+        if self.box_convention is not None and self.box_convention not in CONVENTIONS:
+            raise UserError(f"box_convention must be one of {', '.join(CONVENTIONS)}, got {self.box_convention!r}")
         if self.effective_batch_size is not None and self.effective_batch_size < 1:
             raise UserError(f"effective_batch_size must be at least 1, got {self.effective_batch_size}")
         if self.train_file and self.dataset_name:

@@ -24,6 +24,7 @@ FEATURES = Features({
     "messages": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
     "stored_images": List(Image(decode=False)),
     "stored_videos": List(Value("string")),  # paths; frames are decoded per batch by the collator (sft/data/video.py)
+    "objects": Value("string"),  # a grounding row's boxes as JSON (sft/data/objects.py), else None
 })
 MAX_ERRORS_SHOWN = 20
 

@@ -1,4 +1,5 @@
-"""Data rows: every source's rows checked and normalised to `{where, row, messages, stored_images, stored_videos}`.
+"""Data rows: every source's rows checked and normalised to `{where, row, messages, stored_images, stored_videos,
+objects}` (`objects`: a grounding row's boxes, sft/data/objects.py; None for any other row).
 
 A source (sft/data/sources.py) reads a file or dataset; column_map renames the user's columns to the standard names;
 sft/data/shapes.py turns the row into chat messages; the row's images become `stored_images`, `{bytes, path}` entries
@@ -15,13 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sft.data.objects import grounding_objects
 from sft.data.shapes import describe, inline_videos, messages_of_row
 from sft.data.sources import Problem, Source, file_source
 from sft.data.video import probe_video
 from sft.errors import UserError
 
 STANDARD_NAMES = ("system", "messages", "conversations", "prompt", "completion", "instruction", "input", "output",
-                  "image", "images", "video", "videos")
+                  "image", "images", "video", "videos", "objects")
 
 
 @dataclass
@@ -126,8 +128,9 @@ def iter_rows(source: Source | str | Path, image_root: str | Path | None = None,
                 row[standard] = row.pop(theirs)
         try:
             images, videos = _images(row, root, names), _videos(row, root, names)
+            messages = messages_of_row(row, names, len(images), require_reply, len(videos))
             yield {"where": where, "row": number, "stored_images": images, "stored_videos": videos,
-                   "messages": messages_of_row(row, names, len(images), require_reply, len(videos))}
+                   "messages": messages, "objects": grounding_objects(row, names["objects"], messages, images)}
         except (ValueError, UserError) as exc:
             yield RowError(where, str(exc))
 

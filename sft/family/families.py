@@ -62,6 +62,7 @@ class Family:
     video_fixed_frames: bool = False
     video_frames_as_images: bool = False
     video_refusal: str = "its processor takes no videos"
+    boxes: str | None = None  # its grounding convention (sft/family/boxes.py CONVENTIONS); None: none native
     found_by: str = "the family table"  # how find_family chose it (printed once in the run log, in the manifest)
 
     @property
@@ -95,28 +96,29 @@ FAMILIES = (
     # that the processor expands to the image's patch count. mm_token_type_ids marks those tokens for M-RoPE.
     Family("qwen2_vl", ("qwen2_vl",), "Qwen/Qwen2-VL-2B-Instruct", "<|im_end|>",
            vision_tower=("visual",), projector=("merger",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
-           packing="mrope", image_budget="pixels", video_inputs=QWEN_VIDEO, video_budget="pixels"),
+           packing="mrope", image_budget="pixels", video_inputs=QWEN_VIDEO, video_budget="pixels", boxes="qwen2_vl"),
     Family("qwen2_5_vl", ("qwen2_5_vl",), "Qwen/Qwen2.5-VL-3B-Instruct", "<|im_end|>",
            vision_tower=("visual",), projector=("merger",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
            packing="mrope", image_budget="pixels", video_inputs=(*QWEN_VIDEO, "second_per_grid_ts"),
-           video_budget="pixels"),
+           video_budget="pixels", boxes="qwen2_5_vl"),
     # Qwen3-VL shares Qwen3VLProcessor with Qwen3.5 (so family_for_processor finds this entry for both) and has
     # -Thinking checkpoints; `</think>` is an ordinary added token, so decoding keeps it and what came before it.
     Family("qwen3_vl", ("qwen3_vl",), "Qwen/Qwen3-VL-2B-Instruct", "<|im_end|>",
            vision_tower=("visual",), projector=("merger", "deepstack_merger_list"),
            extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>", packing="mrope",
-           image_budget="pixels", video_inputs=QWEN_VIDEO, video_budget="pixels"),
+           image_budget="pixels", video_inputs=QWEN_VIDEO, video_budget="pixels", boxes="qwen3_vl"),
     # Qwen3.5 (thinking on or off by its template): the closing token is the same; with thinking on, the last
     # reply's supervised text starts with the rest of the empty thinking block ("\n</think>\n\n").
     Family("qwen3_5", ("qwen3_5",), "Qwen/Qwen3.5-2B", "<|im_end|>",
            vision_tower=("visual",), projector=("merger",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
            reasoning_end="</think>", image_budget="pixels", video_inputs=QWEN_VIDEO, video_budget="pixels",
-           packing=None, packing_refusal="its linear-attention (Gated DeltaNet) layers carry their state from one "
-                                         "example into the next"),
+           boxes="qwen3_vl", packing=None,
+           packing_refusal="its linear-attention (Gated DeltaNet) layers carry their state from one example into the "
+                           "next"),
     # The template writes <IMG_CONTEXT> per image (processor.image_token), expanded to <img> + tiles + </img>.
     Family("internvl3", ("internvl",), "OpenGVLab/InternVL3-1B-hf", "<|im_end|>",
            vision_tower=("vision_tower",), projector=("multi_modal_projector",), image_budget="max_patches",
-           video_inputs=("pixel_values",), video_budget="fixed_size", video_fixed_frames=True),
+           video_inputs=("pixel_values",), video_budget="fixed_size", video_fixed_frames=True, boxes="internvl"),
     # The template writes [IMG] per image; PixtralProcessor expands it to rows of [IMG] + [IMG_BREAK] ... [IMG_END]
     # and returns image_sizes, which the vision tower needs to cut each image's patches back out.
     Family("mistral3", ("mistral3",), "mistralai/Mistral-Small-3.1-24B-Instruct-2503", "</s>",
@@ -146,7 +148,7 @@ FAMILIES = (
     # answer + <eos> causally, token_type_ids telling the model which is which.
     Family("paligemma", ("paligemma",), "google/paligemma2-3b-pt-448", "<eos>",
            vision_tower=("vision_tower",), projector=("multi_modal_projector",), extra_inputs=("token_type_ids",),
-           labels="prefix_suffix", image_budget="fixed_size",
+           labels="prefix_suffix", image_budget="fixed_size", boxes="paligemma",
            packing=None, packing_refusal="every example's prefix would get the same block id, so prefixes would "
                                          "attend across examples"),
     # LLaVA-1.5: `USER: <image>\n... ASSISTANT: reply` with no token closing the reply; the collator inserts EOS.

@@ -23,8 +23,10 @@ from sft.data.messages import with_images
 from sft.data.rows import load_image
 from sft.data.video import decode_clip, frame_budget
 from sft.errors import UserError
+from sft.family.boxes import CONVENTIONS, convention_named
 from sft.family.families import Family, find_family
 from sft.family.video_budget import video_refusal
+from sft.labels.grounding import convention_tokens, fill_objects
 from sft.labels.reply_spans import ReplySpans
 from sft.labels.token_labels import IGNORE_INDEX, TokenLabels
 from sft.labels.video_batch import process_visuals, split_visuals
@@ -87,6 +89,9 @@ class CompletionOnlyCollator:
         # its processor's video_token: Qwen's <|video_pad|>, <video>, Gemma 4's <|video|>).
         self.video_token = getattr(processing_class, "video_token", None) if self.is_processor else None
         self.render, self.supervised_spans = self.replies.render, self.replies.supervised_spans
+        if self.family.boxes in CONVENTIONS:  # its grounding markup is the toolkit's to write (sft/labels/grounding.py)
+            self.replies.toolkit_tokens = convention_tokens(CONVENTIONS[self.family.boxes],
+                                                            self.replies.special_tokens)
         self.tokens = TokenLabels(self.tokenizer, self.image_token, self._process, self._placeholder_ids(),
                                   self.video_token)
         self.max_length = max_length
@@ -132,9 +137,16 @@ class CompletionOnlyCollator:
         return images + [decode_clip(path, where, fps, max_frames, self.family.video_fixed_frames) for path in paths]
 
     def messages_of(self, example: dict, images: list) -> list[dict]:
-        """The row's messages as parts, its images and video clips placed (sft/data/messages.py)."""
+        """The row's messages as parts, its images and video clips placed (sft/data/messages.py), a grounding row's
+        objects written in the family's convention (sft/labels/grounding.py)."""
         pictures, clips = split_visuals(images)
-        return with_images(with_images(example["messages"], len(clips), "video"), len(pictures))
+        messages = with_images(with_images(example["messages"], len(clips), "video"), len(pictures))
+        if self.replies.toolkit_tokens:  # the row as written, before the convention's own tokens are allowed
+            self.replies.refuse_special_text(messages)
+        if not example.get("objects"):
+            return messages
+        convention = convention_named(self.family.boxes, self.family.name)
+        return fill_objects(messages, example["objects"], images, convention, self.processing_class)
 
     def encode(self, example: dict, images: list | None = None) -> Encoded:
         """One row, unpadded and untruncated (for counting, previews and the length check)."""

@@ -35,7 +35,7 @@ class PrefixSuffixCollator(CompletionOnlyCollator):
 
     def prefix_and_suffix(self, messages: list[dict]) -> tuple[str, str | None]:
         """The processor's `text` (image markers + prompt) and `suffix` (the answer; None when the row has none)."""
-        self.replies.refuse_special_text(messages)
+        self.replies.refuse_special_text(messages, self.replies.toolkit_tokens)
         name = self.family.name
         roles = [m["role"] for m in messages]
         if "system" in roles:

@@ -35,6 +35,7 @@ class ReplySpans:
         self.template_kwargs = {"date_string": self.date_string} if self.date_string else {}
         added = {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
         self.special_tokens = sorted(added | set(self.tokenizer.all_special_tokens), key=len, reverse=True)
+        self.toolkit_tokens: set[str] = set()  # special tokens the toolkit writes into rows itself (grounding boxes)
 
     def template_messages(self, messages: list[dict]) -> list[dict]:
         """Messages in the form the chat template expects: typed parts for a processor, strings for a tokenizer."""
@@ -55,12 +56,13 @@ class ReplySpans:
         except (jinja2.TemplateError, ValueError) as exc:  # Llama 3.2 Vision: "images are incompatible with system
             raise UserError(f"the chat template refuses this row: {exc}") from None  # messages"
 
-    def refuse_special_text(self, messages: list[dict]) -> None:
+    def refuse_special_text(self, messages: list[dict], allowed: set[str] | frozenset = frozenset()) -> None:
         """Data is text: a special token written in it (`<|eot_id|>`, `<image>`) would become a control token
-        once tokenized (ending a turn early, or asking for an image that is not there), so such a row is refused."""
+        once tokenized (ending a turn early, or asking for an image that is not there), so such a row is refused.
+        `allowed`: tokens the toolkit wrote into the row itself (checked before it wrote them)."""
         for number, message in enumerate(messages, start=1):
             text = text_of(message)
-            found = next((t for t in self.special_tokens if t in text), None)
+            found = next((t for t in self.special_tokens if t in text and t not in allowed), None)
             if found:
                 raise UserError(f"message {number} ({message['role']}) contains {found!r}, a special token of this "
                                 "tokenizer; as data it would act as a control token; remove or reword it")
@@ -75,7 +77,7 @@ class ReplySpans:
         the tokenizer's EOS inserted right after the reply, supervised. Replies are rendered without their
         surrounding whitespace (`stripped_replies`), so the rule is the same whether the template trims or not."""
         messages = stripped_replies(messages)
-        self.refuse_special_text(messages)
+        self.refuse_special_text(messages, self.toolkit_tokens)
         full = self.render(messages)
         located, insert_at = [], []
         for i, message in enumerate(messages):

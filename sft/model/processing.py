@@ -4,7 +4,7 @@ completion_only_loss, so what `sft check` measures is what training batches."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sft.config.recipe import Recipe
 from sft.family.families import Family
@@ -24,6 +24,8 @@ def open_processing(recipe: Recipe) -> Processing:
     data, args = recipe.data, recipe.training
     processing_class, family = load_processor_and_family(recipe.model, args.trust_remote_code, data.family,
                                                          args.chat_template_path, data.image_budget, data.video_budget)
+    if data.box_convention:  # the recipe's choice of how grounding boxes are written (sft/family/boxes.py)
+        family = replace(family, boxes=data.box_convention)
     collator = make_collator(processing_class, family, date_string=data.date_string, max_length=args.max_length,
                              pad_to_multiple_of=args.pad_to_multiple_of, completion_only_loss=args.completion_only_loss)
     return Processing(processing_class, family, collator)

@@ -1,0 +1,150 @@
+"""Grounding rows in ms-swift's format (`<ref-object>`, `<bbox>`, `objects`): each family with a convention supervises
+the box in its own frame, within 1 of the value computed from the size the processor actually produced for the image
+(Qwen2.5-VL at two image budgets); bad rows are refused in one line naming file:line (sft/data/objects.py,
+sft/family/boxes.py, sft/labels/grounding.py)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from sft.cli import _recipe_and_collator
+from sft.cli import main as sft
+from sft.data.messages import text_of
+from sft.data.rows import RowError, iter_rows
+from sft.errors import UserError
+from sft.family.boxes import CONVENTIONS
+from sft.family.families import FAMILIES
+from sft.labels.collator import IGNORE_INDEX
+from tests.conftest import write_image, write_jsonl, write_recipe
+
+WIDTH, HEIGHT = 300, 200
+BOX = [30, 40, 130, 100]  # pixels of the 300 x 200 image
+ROW = {"messages": [{"role": "user", "content": "Find the <ref-object>."}, {"role": "assistant", "content": "<bbox>"}],
+       "image": "scene.png", "objects": {"ref": ["red square"], "bbox": [BOX]}}
+
+
+def grounding_setup(family_models, tmp_path, case: str, rows: list[dict], **keys):
+    write_image(tmp_path / "scene.png", (200, 30, 30), size=(HEIGHT, WIDTH))
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    path = write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(family_models.folder(case)),
+                        train_file=str(train), max_length=4096, output_dir=str(tmp_path / "run"), **keys)
+    return path, train
+
+
+def supervised_and_size(collator, example) -> tuple[str, tuple[int, int]]:
+    """The supervised text of a row and the (width, height) the processor resized its image to (Qwen: from
+    image_grid_thw, the processor's own output; other families: the original size, their frames are relative)."""
+    encoded = collator.encode(example)
+    text = collator.tokenizer.decode([i for i, label in zip(encoded.input_ids, encoded.labels)
+                                      if label != IGNORE_INDEX])
+    images = collator.load_images(example)
+    if "image_grid_thw" in collator.family.extra_inputs:
+        processed = collator._process([collator.render(collator.messages_of(example, images))], [images])
+        _, grid_h, grid_w = processed["image_grid_thw"][0].tolist()
+        patch = collator.processing_class.image_processor.patch_size
+        return text, (grid_w * patch, grid_h * patch)
+    return text, (WIDTH, HEIGHT)
+
+
+def expected_frame(convention: str, size: tuple[int, int]) -> list[float]:
+    """BOX in the convention's frame, computed here from its definition (not with sft/family/boxes.py)."""
+    x1, y1, x2, y2 = BOX
+    if convention == "qwen2_5_vl":
+        return [x1 / WIDTH * size[0], y1 / HEIGHT * size[1], x2 / WIDTH * size[0], y2 / HEIGHT * size[1]]
+    if convention == "paligemma":  # 1023 bins, y first
+        return [y1 / HEIGHT * 1023, x1 / WIDTH * 1023, y2 / HEIGHT * 1023, x2 / WIDTH * 1023]
+    return [x1 / WIDTH * 1000, y1 / HEIGHT * 1000, x2 / WIDTH * 1000, y2 / HEIGHT * 1000]
+
+
+# The tiny Qwen processors keep at most 4,096 pixels of an image; the budget case lowers that to two merged patches.
+CASES = [("qwen2_vl", {}), ("qwen2_5_vl", {}), ("qwen2_5_vl", {"image_max_pixels": 2 * 28 * 28}),
+         ("qwen3_vl", {}), ("qwen3_5_nothink", {}), ("internvl", {}), ("paligemma", {})]
+
+
+@pytest.mark.parametrize("case, keys", CASES, ids=[f"{case}{'-budget' if keys else ''}" for case, keys in CASES])
+def test_a_grounding_row_supervises_the_box_in_the_familys_frame(family_models, tmp_path, case, keys):
+    path, train = grounding_setup(family_models, tmp_path, case, [ROW], **keys)
+    recipe, collator = _recipe_and_collator(argparse.Namespace(recipe=str(path)), [])
+    convention = CONVENTIONS[collator.family.boxes]
+    example = next(iter_rows(train))
+    supervised, size = supervised_and_size(collator, example)
+    numbers = [int(n) for n in re.findall(r"\d+", supervised.replace("<|im_end|>", ""))]
+    expected = expected_frame(convention.name, size)
+    assert len(numbers) == 4 and all(abs(got - want) <= 1 for got, want in zip(numbers, expected)), (supervised,
+                                                                                                   expected)
+    filled = " ".join(text_of(m) for m in collator.messages_of(example, collator.load_images(example)))
+    assert convention.ref.format(ref="red square") in filled and "<ref-object>" not in filled
+
+
+def test_the_budget_moves_qwen2_5_vl_boxes_with_the_image(family_models, tmp_path):
+    boxes = []
+    for keys in ({}, {"image_max_pixels": 2 * 28 * 28}):
+        folder = tmp_path / str(len(boxes))
+        folder.mkdir()
+        path, train = grounding_setup(family_models, folder, "qwen2_5_vl", [ROW], **keys)
+        _, collator = _recipe_and_collator(argparse.Namespace(recipe=str(path)), [])
+        boxes.append(supervised_and_size(collator, next(iter_rows(train))))
+    assert boxes[0][1] != boxes[1][1] and boxes[0][0] != boxes[1][0]  # another size, another box
+
+
+def test_every_family_names_a_known_convention_or_none():
+    assert [family.name for family in FAMILIES if family.boxes is not None and family.boxes not in CONVENTIONS] == []
+    assert {family.name for family in FAMILIES if family.boxes} == {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5",
+                                                                    "internvl3", "paligemma"}
+
+
+def test_a_family_without_a_convention_takes_the_recipes_choice_or_refuses(family_models, tmp_path):
+    path, train = grounding_setup(family_models, tmp_path, "mllama", [ROW])
+    _, collator = _recipe_and_collator(argparse.Namespace(recipe=str(path)), [])
+    with pytest.raises(UserError, match=r"train.jsonl:1: family mllama has no grounding convention in the table; set "
+                                        r"box_convention to one of"):
+        collator.encode(next(iter_rows(train)))
+    path = write_recipe(tmp_path / "chosen.yaml", model_name_or_path=str(family_models.folder("mllama")),
+                        train_file=str(train), max_length=4096, box_convention="norm1000")
+    _, collator = _recipe_and_collator(argparse.Namespace(recipe=str(path)), [])
+    encoded = collator.encode(next(iter_rows(train)))
+    supervised = collator.tokenizer.decode([i for i, label in zip(encoded.input_ids, encoded.labels)
+                                            if label != IGNORE_INDEX])
+    assert supervised.startswith("[100, 200, 433, 500]")
+
+
+def bad(row_change: dict, objects_change: dict | None = None) -> dict:
+    objects = {**ROW["objects"], **(objects_change or {})}
+    return {**ROW, **row_change, "objects": objects}
+
+
+@pytest.mark.parametrize("row, message", [
+    (bad({}, {"bbox": [BOX, BOX]}), r"1 <ref-object> and 1 <bbox> placeholders, but 1 refs and 2 boxes"),
+    (bad({}, {"ref": []}), r"1 <ref-object> and 1 <bbox> placeholders, but 0 refs and 1 boxes"),
+    (bad({}, {"bbox": [[130, 40, 30, 100]]}), r'"objects.bbox\[0\]" \[130, 40, 30, 100\]: x2 < x1'),
+    (bad({}, {"bbox": [[30, 100, 130, 40]]}), r'"objects.bbox\[0\]" \[30, 100, 130, 40\]: y2 < y1'),
+    (bad({}, {"bbox": [[30, 40, 330, 100]]}), r"lies outside image 0 \(300 x 200 pixels\)"),
+    (bad({}, {"bbox": [[0.1, 0.2, 1.5, 0.5]], "bbox_type": "norm1"}), r"a norm1 value outside 0-1"),
+    (bad({}, {"image_id": [1]}), r'"objects.image_id\[0\]" is 1 but the row has 1 image\(s\)'),
+    (bad({}, {"bbox_type": "pixels"}), r'"objects.bbox_type" must be real or norm1'),
+    ({k: v for k, v in ROW.items() if k != "objects"}, r'<ref-object> placeholder in the messages but the row has '
+                                                        r'no "objects"'),
+])
+def test_a_bad_grounding_row_is_refused_in_one_line_naming_its_place(tmp_path, row, message):
+    write_image(tmp_path / "scene.png", size=(HEIGHT, WIDTH))
+    train = write_jsonl(tmp_path / "train.jsonl", [ROW, row])
+    items = list(iter_rows(train))
+    assert not isinstance(items[0], RowError)
+    assert isinstance(items[1], RowError) and items[1].where == f"{train}:2"
+    assert re.search(message, items[1].message), items[1].message
+
+
+def test_norm1_boxes_are_stored_in_pixels_of_their_image(tmp_path):
+    write_image(tmp_path / "scene.png", size=(HEIGHT, WIDTH))
+    row = bad({}, {"bbox": [[0.1, 0.2, 0.5, 0.5]], "bbox_type": "norm1"})
+    item = next(iter_rows(write_jsonl(tmp_path / "train.jsonl", [row])))
+    assert '"bbox": [[30.0, 40.0, 150.0, 100.0]]' in item["objects"]
+
+
+def test_sft_check_names_a_bad_grounding_row(family_models, tmp_path, capsys):
+    path, train = grounding_setup(family_models, tmp_path, "qwen2_vl", [ROW, bad({}, {"image_id": [2]})])
+    assert sft(["check", str(path)]) == 1
+    assert f'{train}:2: "objects.image_id[0]" is 2 but the row has 1 image(s)' in capsys.readouterr().err
