@@ -6,6 +6,7 @@ sft/family/boxes.py, sft/labels/grounding.py)."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 
 import pytest
@@ -15,6 +16,7 @@ from sft.cli import main as sft
 from sft.data.messages import text_of
 from sft.data.rows import RowError, iter_rows
 from sft.errors import UserError
+from sft.eval.boxes import box_scores
 from sft.family.boxes import CONVENTIONS
 from sft.family.families import FAMILIES
 from sft.labels.collator import IGNORE_INDEX
@@ -148,3 +150,34 @@ def test_sft_check_names_a_bad_grounding_row(family_models, tmp_path, capsys):
     path, train = grounding_setup(family_models, tmp_path, "qwen2_vl", [ROW, bad({}, {"image_id": [2]})])
     assert sft(["check", str(path)]) == 1
     assert f'{train}:2: "objects.image_id[0]" is 2 but the row has 1 image(s)' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, keys", CASES, ids=[f"{case}{'-budget' if keys else ''}" for case, keys in CASES])
+def test_a_written_box_reads_back_in_original_pixels(family_models, tmp_path, case, keys):
+    """What a model that learnt the row would answer (its supervised reply, decoded as generation decodes it) gives
+    the row's own box back in pixels of the original image, within the frame's step, and IoU near 1."""
+    path, train = grounding_setup(family_models, tmp_path, case, [ROW], **keys)
+    _, collator = _recipe_and_collator(argparse.Namespace(recipe=str(path)), [])
+    example = {**next(iter_rows(train))}
+    encoded = collator.encode(example)
+    answer = collator.tokenizer.decode([i for i, label in zip(encoded.input_ids, encoded.labels)
+                                        if label != IGNORE_INDEX], skip_special_tokens=True)
+    overall, rows = box_scores(collator, [example], [answer])
+    _, size = supervised_and_size(collator, example)
+    tolerance = 1 + max(WIDTH / size[0], HEIGHT / size[1]) if collator.family.boxes == "qwen2_5_vl" else 1
+    assert rows[0]["reference_boxes"] == [[float(v) for v in BOX]]
+    assert len(rows[0]["boxes"]) == 1 and all(abs(a - b) <= tolerance for a, b in zip(rows[0]["boxes"][0], BOX))
+    assert overall["box_iou"] > 0.8 and overall["box_acc50"] == 1.0
+
+
+def test_sft_predict_writes_boxes_in_original_pixels_and_box_metrics(family_models, tmp_path):
+    from sft.outputs.predict import predict
+
+    path, train = grounding_setup(family_models, tmp_path, "qwen2_vl", [ROW, {**ROW, "objects": {
+        "ref": ["red square"], "bbox": [[0.5, 0.5, 1.0, 1.0]], "bbox_type": "norm1"}}])
+    result = predict(family_models.folder("qwen2_vl"), train, tmp_path / "predictions.jsonl", max_new_tokens=8)
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [row["reference_boxes"] for row in rows] == [[[30.0, 40.0, 130.0, 100.0]], [[150.0, 100.0, 300.0, 200.0]]]
+    assert all(isinstance(row["boxes"], list) and 0 <= row["box_iou"] <= 1 for row in rows)
+    assert rows[0]["reference"] == "<|box_start|>(100,200),(433,500)<|box_end|>"
+    assert set(result["metrics"]) >= {"box_iou", "box_acc50"}

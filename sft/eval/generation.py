@@ -12,9 +12,13 @@ from sft.family.families import Family
 from sft.labels.labelling import Labeller
 
 
-def reference(example: dict) -> str | None:
-    """The row's expected answer: its final assistant reply (None when the row has none)."""
-    last = example["messages"][-1]
+def reference(example: dict, collator: Labeller | None = None) -> str | None:
+    """The row's expected answer: its final assistant reply (None when the row has none); given the collator, a
+    grounding row's reply with its boxes written as training wrote them (sft/labels/grounding.py)."""
+    messages = example["messages"]
+    if collator is not None and example.get("objects"):
+        messages = collator.messages_of(example, collator.load_images(example))
+    last = messages[-1]
     return text_of(last) if last["role"] == "assistant" else None
 
 
@@ -101,6 +105,7 @@ def generate_replies(model, collator: Labeller, examples: list[dict], batch_size
 
 def max_reply_tokens(collator: Labeller, examples: list[dict], slack: int = 8) -> int:
     """Enough new tokens for the longest reference plus `slack` (a wrong answer may run a little longer)."""
-    lengths = [len(collator.tokenizer(reference(e), add_special_tokens=False)["input_ids"])
-               for e in examples if reference(e) is not None]
+    answers = [reference(e, collator) for e in examples]
+    lengths = [len(collator.tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers
+               if answer is not None]
     return max(lengths, default=0) + slack

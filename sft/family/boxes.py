@@ -12,7 +12,9 @@ Rounding is Python's round() of the scaled value, as ms-swift's `Template.normal
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from string import Formatter
 
 from sft.errors import UserError
 
@@ -79,3 +81,38 @@ def written_box(convention: BoxConvention, values: list[float], size: tuple[int,
     if len(frame) == 2:
         return convention.point.format(x=frame[0], y=frame[1])
     return convention.box.format(x1=frame[0], y1=frame[1], x2=frame[2], y2=frame[3])
+
+
+def _pattern(template: str, dropped: set[str]) -> re.Pattern:
+    """A convention's box or point template as a regex of its numbers, without the tokens decoding drops."""
+    pieces = []
+    for literal, field, _, _ in Formatter().parse(template):
+        for token in dropped:
+            literal = literal.replace(token, "")
+        pieces.append(re.escape(literal) + (rf"\s*(?P<{field}>\d+)\s*" if field else ""))
+    return re.compile("".join(pieces))
+
+
+def read_boxes(convention: BoxConvention, text: str, size: tuple[int, int], processing_class=None,
+               dropped: set[str] | frozenset = frozenset()) -> list[list[float]]:
+    """Every box the convention writes in `text` (a generated answer), back in pixels of an image of `size`: the
+    inverse of written_box. `dropped`: the convention's special tokens, which decoding leaves out."""
+    width, height = size
+    if convention.frame == "processed_pixels":
+        new_width, new_height = processed_size(processing_class, width, height)
+        scale_x, scale_y = width / new_width, height / new_height
+    else:
+        steps = 1000 if convention.frame == "norm1000" else 1023
+        scale_x, scale_y = width / steps, height / steps
+    return [[float(match[f"x{i}"]) * scale_x if axis == "x" else float(match[f"y{i}"]) * scale_y
+             for i in (1, 2) for axis in "xy"]
+            for match in _pattern(convention.box, set(dropped)).finditer(text)]
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    """Intersection over union of two boxes [x1, y1, x2, y2]."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else float(a == b)

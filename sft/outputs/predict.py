@@ -10,6 +10,7 @@ from sft.config.recipe import DataArguments
 from sft.data.arrow_rows import raise_on_errors
 from sft.data.rows import RowError, iter_rows
 from sft.errors import UserError
+from sft.eval.boxes import box_scores
 from sft.eval.generation import generate_replies, max_reply_tokens, reference
 from sft.eval.metrics import default_metrics, score
 from sft.family.image_budget import match_model_to_processor
@@ -82,13 +83,14 @@ def predict(path: str | Path, data: str | Path, out: str | Path | None = None, b
     collator = make_collator(processing_class, family, date_string=date_string)
     max_new_tokens = max_new_tokens or max(max_reply_tokens(collator, items), 32)
     predictions = generate_replies(model, collator, items, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    references = [reference(item) for item in items]
+    references = [reference(item, collator) for item in items]
+    boxes, box_rows = box_scores(collator, items, predictions)  # grounding rows: boxes in original pixels, IoU
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", encoding="utf-8") as handle:
-            for item, prediction, ref in zip(items, predictions, references):
-                handle.write(json.dumps({"row": item["row"], "prediction": prediction, "reference": ref},
-                                        ensure_ascii=False) + "\n")
+            for item, prediction, ref, box_row in zip(items, predictions, references, box_rows):
+                handle.write(json.dumps({"row": item["row"], "prediction": prediction, "reference": ref,
+                                         **(box_row or {})}, ensure_ascii=False) + "\n")
     scored = [(p, r) for p, r in zip(predictions, references) if r is not None]
     if metrics:
         why = "given"
@@ -96,6 +98,6 @@ def predict(path: str | Path, data: str | Path, out: str | Path | None = None, b
         metrics, why = recorded_metrics(path), "the run's eval metrics"
     else:
         metrics, why = default_metrics([r for _, r in scored])
-    overall = score(metrics, *map(list, zip(*scored))).overall if scored else {}
+    overall = {**(score(metrics, *map(list, zip(*scored))).overall if scored else {}), **boxes}
     return {"rows": len(items), "scored": len(scored), "metrics": overall, "metrics_why": why,
             "accuracy": overall.get("accuracy"), "predictions": predictions}

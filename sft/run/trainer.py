@@ -10,6 +10,7 @@ from peft import PeftModel
 from transformers import Trainer
 from trl import SFTTrainer
 
+from sft.eval.boxes import box_scores
 from sft.eval.generation import generate, max_reply_tokens, reference
 from sft.eval.metrics import score
 from sft.eval.predictions import prediction_records, report_predictions, write_predictions
@@ -80,9 +81,11 @@ class GenerationMetricsSFTTrainer(SFTTrainer):
             generated = generate(self.accelerator.unwrap_model(self.model), collator, rows,
                                  batch_size=self.args.per_device_eval_batch_size,
                                  max_new_tokens=max_reply_tokens(collator, rows))
-            predictions, references = [g.reply for g in generated], [reference(row) for row in rows]
+            predictions = [g.reply for g in generated]
+            references = [reference(row, collator) for row in rows]
             scores = score(self.eval_metrics, predictions, references)
-            output.metrics.update({f"{metric_key_prefix}_{name}": v for name, v in scores.overall.items()})
+            boxes, _ = box_scores(collator, rows, predictions)  # grounding rows: IoU of the boxes read back
+            output.metrics.update({f"{metric_key_prefix}_{name}": v for name, v in {**scores.overall, **boxes}.items()})
             if self.predictions_dir is not None and self.is_world_process_zero():
                 records = prediction_records(rows, [g.prompt for g in generated], predictions, references,
                                              scores.per_row)
