@@ -181,3 +181,27 @@ def test_sft_predict_writes_boxes_in_original_pixels_and_box_metrics(family_mode
     assert all(isinstance(row["boxes"], list) and 0 <= row["box_iou"] <= 1 for row in rows)
     assert rows[0]["reference"] == "<|box_start|>(100,200),(433,500)<|box_end|>"
     assert set(result["metrics"]) >= {"box_iou", "box_acc50"}
+
+
+def test_the_data_page_draws_each_box_on_its_thumbnail(family_models, tmp_path, capsys):
+    """In headless Chromium: the rendered box lies where the row's box lies on the rendered thumbnail."""
+    from tests.browser import Browser, find_chromium
+
+    path, _ = grounding_setup(family_models, tmp_path, "qwen2_vl", [ROW])
+    assert sft(["preview", str(path), "--html", str(tmp_path / "page.html")]) == 0
+    browser = Browser(find_chromium())
+    try:
+        browser.open((tmp_path / "page.html").as_uri())
+        assert browser.console_errors() == []
+        image, box = browser.evaluate(
+            "[document.querySelector('.boxed img'), document.querySelector('.boxes rect')].map(e => {"
+            "const r = e.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })")
+        label = browser.evaluate("document.querySelector('.box-label').textContent")
+    finally:
+        browser.close()
+    across, down = (image[2] - 2) / WIDTH, (image[3] - 2) / HEIGHT  # inside the img's 1px border
+    assert abs(across - down) < 0.02  # the thumbnail keeps the image's proportions
+    expected = [BOX[0] * across, BOX[1] * down, (BOX[2] - BOX[0]) * across, (BOX[3] - BOX[1]) * down]
+    drawn = [box[0] - image[0] - 1, box[1] - image[1] - 1, box[2], box[3]]
+    assert all(abs(a - b) <= 2 for a, b in zip(drawn, expected)), (drawn, expected)
+    assert label == "red square"

@@ -39,7 +39,8 @@ def inspect_rows(recipe: Recipe, collator: Labeller, source: Source | str, limit
         try:
             fit = measure(item, collator, recipe.training.max_length, recipe.data.truncation)
             labelled = with_labels and (label_limit is None or seen <= label_limit)
-            encoded = collator.encode({**item, "messages": fit["messages"]}) if labelled else None
+            encoded = collator.encode({**item, "messages": fit["messages"], "objects": fit["objects"]}) \
+                if labelled else None
         except UserError as exc:
             message = str(exc)
             prefix = f"{item['where']}: "

@@ -141,10 +141,9 @@ class CompletionOnlyCollator:
         objects written in the family's convention (sft/labels/grounding.py)."""
         pictures, clips = split_visuals(images)
         messages = with_images(with_images(example["messages"], len(clips), "video"), len(pictures))
-        if self.replies.toolkit_tokens:  # the row as written, before the convention's own tokens are allowed
-            self.replies.refuse_special_text(messages)
         if not example.get("objects"):
             return messages
+        self.replies.refuse_special_text(messages)  # the row as written, before the convention's own tokens
         convention = convention_named(self.family.boxes, self.family.name)
         return fill_objects(messages, example["objects"], images, convention, self.processing_class)
 

@@ -37,8 +37,9 @@ def _shorten_prompt(collator: Labeller, example: dict, excess: int) -> dict | No
 def measure(example: dict, collator: Labeller, max_length: int | None, mode: str) -> dict:
     """Status (`ok`, `truncated`, `dropped`) and token counts of one row; shortened messages when truncated."""
     images = collator.load_images(example)
-    with located(example):
-        example = {**example, "messages": collator.messages_of(example, images)}
+    row = example
+    with located(example):  # images placed, a grounding row's boxes written (then it has no objects left to write)
+        example = {**example, "messages": collator.messages_of(example, images), "objects": None}
     encoded = collator.encode(example, images)
     status = "ok"
     for _ in range(4):  # token counts shift a little after a cut; a few rounds settle it
@@ -52,8 +53,10 @@ def measure(example: dict, collator: Labeller, max_length: int | None, mode: str
         encoded = collator.encode(example, images)
     if max_length is not None and len(encoded.input_ids) > max_length:
         status = "dropped"
+    kept = example if status == "truncated" else row  # as read, unless its prompt was shortened (boxes written)
     return {
-        "messages": example["messages"], "status": status, "length": len(encoded.input_ids),
+        "messages": kept["messages"], "objects": kept.get("objects"), "status": status,
+        "length": len(encoded.input_ids),
         "image_count": len(images),  # images and video clips
         "video_frames": sum(len(clip) for clip in split_visuals(images)[1]),
         "image_tokens": visual_tokens(collator.tokenizer, (getattr(collator, "image_token", None),

@@ -40,7 +40,8 @@ def fill_objects(messages: list[dict], objects: str | None, visuals: list, conve
 
 
 def convention_tokens(convention: BoxConvention, special_tokens: list[str]) -> set[str]:
-    """The special tokens the convention writes itself (Qwen2-VL's `<|box_start|>`, ...): text the toolkit puts in a
-    grounding row, so not refused there as data written by hand."""
+    """The special tokens the convention writes itself (Qwen2-VL's `<|box_start|>`, ...): the toolkit writes them
+    into a grounding row, and a row that writes the family's grounding markup by hand means the same by them, so
+    they are not refused as data (a grounding row's own text is checked before they are written)."""
     markup = convention.ref + convention.box + convention.point
     return {token for token in special_tokens if token in markup}

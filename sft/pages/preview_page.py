@@ -17,7 +17,7 @@ from sft.family.image_budget import dropped_for_images
 from sft.labels.labelling import Labeller
 from sft.pages.html_page import render_page, write_page
 from sft.pages.svg_charts import histogram
-from sft.pages.thumbnails import row_pictures, thumbnails
+from sft.pages.thumbnails import row_pictures, thumbnails, with_boxes
 from sft.pages.token_pieces import supervised_runs, token_runs
 
 HTML_ROWS = 500  # rows drawn by default: ~1-5 MB for rows of a few hundred tokens with an image each (docs/pages.md)
@@ -61,12 +61,19 @@ def fit_reason(fit: dict, max_length: int | None) -> str | None:
     return f"dropped: text too long for max_length {max_length}"
 
 
+def boxed_thumbnails(collator: Labeller, row: dict) -> dict:
+    """The row's thumbnails, a grounding row's boxes drawn on them."""
+    pictures = row_pictures(collator, row)
+    drawn = thumbnails(pictures)
+    return {**drawn, "shown": with_boxes(drawn["shown"], pictures, row.get("objects"))}
+
+
 def row_view(collator: Labeller, row: dict, fit: dict, encoded, reason: str | None) -> dict:
     """What the page draws of one row: its place, status, counts, pictures and tokens."""
     return {"where": row["where"], "row": row["row"], "status": fit["status"], "reason": reason,
             "length": len(encoded.input_ids), "prompt_tokens": encoded.prompt_tokens,
             "supervised_tokens": encoded.supervised_tokens, "spans": len(supervised_runs(encoded.labels)),
-            "pictures": thumbnails(row_pictures(collator, row)),
+            "pictures": boxed_thumbnails(collator, row),
             "runs": token_runs(collator.tokenizer, encoded.input_ids, encoded.labels)}
 
 

@@ -65,3 +65,25 @@ def stored_pictures(row: dict) -> list[tuple[str, str, object]]:
 
     return [("image", f"image {number}", load_image(image, row["where"]))
             for number, image in enumerate(row.get("stored_images") or [], start=1)]
+
+
+def with_boxes(shown: list[dict], pictures: list[tuple[str, str, object]], objects: str | None) -> list[dict]:
+    """The thumbnails with a grounding row's boxes (sft/data/objects.py: pixels of their image) scaled onto their
+    image's thumbnail, each named by its ref when the row has one name a box."""
+    if not objects:
+        return [dict(picture, boxes=[]) for picture in shown]
+    import json
+
+    found = json.loads(objects)
+    names = found["ref"] if len(found["ref"]) == len(found["bbox"]) else [None] * len(found["bbox"])
+    marked = [dict(picture, boxes=[]) for picture in shown]
+    for number, (box, image_id, name) in enumerate(zip(found["bbox"], found["image_id"], names), start=1):
+        if image_id >= len(marked) or pictures[image_id][0] != "image":
+            continue
+        scale = marked[image_id]["width"] / pictures[image_id][2].width
+        if len(box) == 2:  # a point: a small square around it
+            box = [box[0] - 2 / scale, box[1] - 2 / scale, box[0] + 2 / scale, box[1] + 2 / scale]
+        x1, y1, x2, y2 = (round(v * scale, 1) for v in box)
+        marked[image_id]["boxes"].append({"x": x1, "y": y1, "w": round(x2 - x1, 1), "h": round(y2 - y1, 1),
+                                          "label": name or f"box {number}"})
+    return marked
