@@ -14,12 +14,18 @@ from sft.labels.labelling import Labeller
 
 def reference(example: dict, collator: Labeller | None = None) -> str | None:
     """The row's expected answer: its final assistant reply (None when the row has none); given the collator, a
-    grounding row's reply with its boxes written as training wrote them (sft/labels/grounding.py)."""
-    messages = example["messages"]
+    grounding row's reply with its boxes written as training wrote them (sft/labels/grounding.py), less the special
+    tokens that decoding a generation leaves out."""
+    messages, dropped = example["messages"], ()
     if collator is not None and example.get("objects"):
         messages = collator.messages_of(example, collator.load_images(example))
-    last = messages[-1]
-    return text_of(last) if last["role"] == "assistant" else None
+        dropped = collator.replies.toolkit_tokens  # special: generation decodes without them, so compare without
+    if messages[-1]["role"] != "assistant":
+        return None
+    answer = text_of(messages[-1])
+    for token in dropped:
+        answer = answer.replace(token, "")
+    return answer
 
 
 def answer_of(generated: str, family: Family) -> str:
