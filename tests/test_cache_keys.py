@@ -68,6 +68,10 @@ def change_family_entry(collator):
     collator.family = replace(collator.family, image_marker="<|image|>", reasoning_end="</think>")
 
 
+def change_date_string(collator):
+    collator.date_string = "1 Jan 2020"
+
+
 def change_completion_only_loss(collator):
     collator.completion_only_loss = False
 
@@ -77,7 +81,8 @@ def change_labelling_version(collator, monkeypatch):
 
 
 @pytest.mark.parametrize("change", [change_template, change_vocabulary, change_special_tokens, change_image_setting,
-                                    change_family_entry, change_completion_only_loss, change_labelling_version])
+                                    change_family_entry, change_date_string, change_completion_only_loss,
+                                    change_labelling_version])
 def test_a_change_to_what_labels_a_row_measures_the_rows_afresh(measured_twice, change, monkeypatch):
     collator, measure = measured_twice
     change(collator, monkeypatch) if change is change_labelling_version else change(collator)

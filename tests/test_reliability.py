@@ -39,6 +39,7 @@ def earlier_run(tiny_models, tmp_path):
     ("no row fits max_length", ["--max_length", "8", "--max_dropped_fraction", "1"]),
     ("chat_template_path", ["--chat_template_path", "missing.jinja"]),
     ("family", ["--family", "no_such_family"]),
+    ("packing: not exact for family mllama on rows with images", ["--packing", "true"]),
 ])
 def test_a_refused_run_with_overwrite_output_dir_touches_nothing(tiny_models, tmp_path, earlier_run, refused_by,
                                                                  extra):
