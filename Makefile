@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 		$(PY) -m pip install -q "$(TORCH_CPU)" && $(PY) -m pip install -q --no-deps "$(TORCHVISION_CPU)"; fi
 	$(PY) -m pip install -q -e ".[dev,deepspeed]"
 	$(PY) -c 'from sft.torchvision_compat import install_for_interpreter as i; print("wrote", i())'  # see that module
+	@# DeepSpeed compiles its CPU shared-memory op (deepspeed_shm_comm, ~1 min) the first time a multi-process run
+	@# starts, once per venv path; built here, the first DeepSpeed run (and its test) does not wait for the compiler.
+	@$(PY) -c 'from deepspeed.accelerator import get_accelerator as g; b = g().create_op_builder("ShareMemCommBuilder"); b and b.load()' >/dev/null 2>&1 \
+		&& echo "DeepSpeed's shared-memory op: ready" || echo "DeepSpeed's shared-memory op not built here (no compiler?): runs build it on first use"
 	touch $@
 
 venv: $(VENV)/.installed  ## build the virtual environment

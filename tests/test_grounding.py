@@ -232,7 +232,7 @@ def square_rows(folder, count: int) -> list[dict]:
 
 
 def test_a_tiny_model_learns_to_box_a_square_on_held_out_rows(family_models, tmp_path):
-    """Qwen2-VL's convention, trained as any row is (LoRA, 120 epochs of 8 rows); the final evaluation generates on
+    """Qwen2-VL's convention, trained as any row is (LoRA, 120 steps of 8 rows); the final evaluation generates on
     4 held-out rows and reads the boxes back: IoU 0.5 or more on each."""
     from sft.config.recipe import load_recipe
     from sft.run.train import main as train
@@ -241,7 +241,7 @@ def test_a_tiny_model_learns_to_box_a_square_on_held_out_rows(family_models, tmp
     eval_file = write_jsonl(tmp_path / "val.jsonl", square_rows(tmp_path, 4))
     path = write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(family_models.folder("qwen2_vl")),
                         train_file=str(train_file), eval_file=str(eval_file), output_dir=str(tmp_path / "run"),
-                        max_length=1024, num_train_epochs=120, per_device_train_batch_size=4,
+                        max_length=1024, num_train_epochs=120, per_device_train_batch_size=8,
                         per_device_eval_batch_size=4, learning_rate=5e-3, eval_strategy="no", logging_steps=4,
                         gradient_checkpointing=False, seed=0)
     metrics = train(load_recipe(path))

@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe
 
 
@@ -25,18 +27,23 @@ def build_wheel(out: Path) -> Path:
     return next(out.glob("sft_toolkit-*.whl"))
 
 
-def test_the_wheel_holds_every_subpackage_and_the_page_templates(tmp_path):
-    names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def test_the_wheel_holds_every_subpackage_and_the_page_templates(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
     modules = {path.relative_to(REPO).as_posix() for path in (REPO / "sft").rglob("*.py")}
     templates = {path.relative_to(REPO).as_posix() for path in (REPO / "sft" / "pages" / "templates").iterdir()}
     assert modules - names == set()
     assert templates and templates - names == set()
 
 
-def test_sft_preview_html_runs_from_the_installed_wheel(tmp_path, family_models):
+def test_sft_preview_html_runs_from_the_installed_wheel(tmp_path, family_models, wheel):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
-                    str(build_wheel(tmp_path / "wheel"))], check=True, capture_output=True, text=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, text=True)
     work = tmp_path / "work"
     write_image(work / "water.png")
     train = write_jsonl(work / "train.jsonl", [{"prompt": "What element is shown?", "completion": "water",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,12 +27,21 @@ def listing(folder) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-@pytest.fixture
-def earlier_run(tiny_models, tmp_path):
-    """An output_dir holding an earlier run: two checkpoints and its adapter (real files of a 4-step run)."""
-    out = tmp_path / "run"
-    train(load_recipe(SMOKE, smoke_args(tiny_models, tmp_path, out, steps=4, save_steps=2)))
+@pytest.fixture(scope="module")
+def trained_once(tiny_models, tmp_path_factory):
+    """A 4-step run's folder: two checkpoints and its adapter (trained once for the module)."""
+    root = tmp_path_factory.mktemp("earlier")
+    out = root / "run"
+    train(load_recipe(SMOKE, smoke_args(tiny_models, root, out, steps=4, save_steps=2)))
     assert (out / "checkpoint-2").is_dir() and (out / "checkpoint-4").is_dir()
+    return out
+
+
+@pytest.fixture
+def earlier_run(trained_once, tmp_path):
+    """An output_dir holding an earlier run (a copy of `trained_once`), and its files byte for byte."""
+    out = tmp_path / "run"
+    shutil.copytree(trained_once, out)
     return out, listing(out)
 
 
@@ -176,10 +186,9 @@ def test_a_full_disk_while_saving_is_one_line_and_the_last_checkpoint_resumes(ti
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == step + 2
 
 
-def test_sigkill_during_merge_leaves_no_folder_that_predict_would_load(tiny_models, tmp_path):
+def test_sigkill_during_merge_leaves_no_folder_that_predict_would_load(trained_once, tmp_path):
     run, merged = tmp_path / "run", tmp_path / "merged"
-    train(load_recipe(SMOKE, smoke_args(tiny_models, tmp_path, run, steps=2, save_steps=100)
-                      + ["--load_in_8bit", "false"]))
+    shutil.copytree(trained_once, run)
     process = subprocess.Popen([sys.executable, "-m", "sft.cli", "merge", "--run", str(run), "--out", str(merged),
                                 "--dtype", "fp32"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: any(tmp_path.glob(".merged.partial-*/*")), process)  # writing has begun
