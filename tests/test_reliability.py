@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from sft.cli import main as cli
 from sft.config.recipe import load_recipe
 from sft.errors import UserError
 from sft.outputs.run_lock import LOCK_NAME
+from sft.run.checkpoints import complete, resume_point
 from sft.run.train import main as train
 from tests.conftest import REPO
 from tests.test_faults import SMOKE, sft_process, smoke_args, wait_for
@@ -100,10 +102,13 @@ def test_one_live_run_per_folder(tiny_models, tmp_path, capsys):
             live.send_signal(signal.SIGKILL)
             live.wait()
     assert (out / LOCK_NAME).is_file()  # SIGKILL leaves the lock; the next run sees its holder is gone
-    train(load_recipe(SMOKE, args + ["--max_steps", "6", "--save_steps", "100", "--resume_from_checkpoint", "true"]))
+    capsys.readouterr()
+    with pytest.raises(UserError, match="no row fits max_length"):  # it takes the folder, then stops on its data
+        train(load_recipe(SMOKE, args + ["--resume_from_checkpoint", "true", "--max_length", "8",
+                                         "--max_dropped_fraction", "1"]))
     err = capsys.readouterr().err
     assert f"{out / LOCK_NAME}: left by a process that is gone (pid {live.pid} on " in err
-    assert (out / "adapter_model.safetensors").is_file() and not (out / LOCK_NAME).exists()
+    assert not (out / LOCK_NAME).exists() and list(out.glob("checkpoint-*"))  # released; its checkpoints kept
 
 
 def test_a_lock_from_another_host_is_never_taken_over(tiny_models, tmp_path):
@@ -165,7 +170,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
-def test_a_full_disk_while_saving_is_one_line_and_the_last_checkpoint_resumes(tiny_models, tmp_path, small_disk):
+def test_a_full_disk_while_saving_is_one_line_and_the_last_complete_checkpoint_loads(tiny_models, tmp_path, small_disk):
     out, log_path = small_disk / "run", tmp_path / "log.txt"
     args = smoke_args(tiny_models, tmp_path, out, steps=5000, save_steps=2)
     with open(log_path, "w") as log:
@@ -177,13 +182,10 @@ def test_a_full_disk_while_saving_is_one_line_and_the_last_checkpoint_resumes(ti
     assert process.returncode == 2 and "Traceback" not in text
     errors = [line[line.index("error: "):] for line in text.splitlines() if "error: " in line]  # after tqdm's bar
     assert len(errors) == 1 and f"{out}: no space left on the device while saving at step " in errors[0]
-    last = errors[0].split("last complete checkpoint: ")[1].split(";")[0]
-    assert last.startswith(str(out / "checkpoint-")) and (Path(last) / "adapter_model.safetensors").is_file()
-    (small_disk / "filler").unlink()
-    step = int(last.rsplit("-", 1)[1])
-    train(load_recipe(SMOKE, args + ["--max_steps", str(step + 2), "--save_steps", "100",
-                                     "--resume_from_checkpoint", "true"]))
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == step + 2
+    last = Path(errors[0].split("last complete checkpoint: ")[1].split(";")[0])
+    assert last.parent == out and last.name.startswith("checkpoint-") and complete(last)
+    assert load_file(last / "adapter_model.safetensors")  # the previous checkpoint loads
+    assert resume_point(str(out), True)[0] == str(last)  # and is the one a resume takes
 
 
 def test_sigkill_during_merge_leaves_no_folder_that_predict_would_load(trained_once, tmp_path):
