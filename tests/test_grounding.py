@@ -250,3 +250,16 @@ def test_a_tiny_model_learns_to_box_a_square_on_held_out_rows(family_models, tmp
     final = [json.loads(line) for line in (tmp_path / "run" / "eval_predictions" / "final.jsonl").read_text()
              .splitlines()]
     assert len(final) == 4
+
+
+def test_predict_writes_boxes_in_the_runs_chosen_convention(family_models, tmp_path):
+    """A run that chose `box_convention` records it; predict on its folder (here a model folder with the run's
+    manifest) writes and reads boxes the same way."""
+    import shutil
+
+    from sft.outputs.predict import load_for_inference
+
+    folder = tmp_path / "merged"
+    shutil.copytree(family_models.folder("mllama"), folder)
+    (folder / "run_manifest.json").write_text(json.dumps({"recipe": {"data": {"box_convention": "norm1000"}}}))
+    assert load_for_inference(folder)[3].boxes == "norm1000"

@@ -4,6 +4,7 @@ dir (base + adapter) or a merged model."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from sft.config.recipe import DataArguments
@@ -21,7 +22,8 @@ from sft.outputs.export import load_base, load_with_adapter
 
 def load_for_inference(path: str | Path):
     """(model, processing class, date_string, family) from a run dir or a merged folder; the family is found as the
-    run found it (its recorded `family:` key, else the model type, else the processor class)."""
+    run found it (its recorded `family:` key, else the model type, else the processor class), with the run's
+    `box_convention`."""
     path = Path(path)
     if (path / "adapter_config.json").is_file():
         model, _ = load_with_adapter(path)
@@ -33,6 +35,8 @@ def load_for_inference(path: str | Path):
     recorded = _manifest(path).get("recipe", {}).get("data", {})
     named, date_string = recorded.get("family"), recorded.get("date_string")
     processing_class, family = processor_and_family(str(path), model.config, family_name=named)
+    if recorded.get("box_convention"):  # the run's choice of how grounding boxes are written (sft/family/boxes.py)
+        family = replace(family, boxes=recorded["box_convention"])
     match_model_to_processor(model, processing_class)  # the grids the run's image budget left (LLaVA-NeXT)
     return model, processing_class, date_string or DataArguments.date_string, family
 
