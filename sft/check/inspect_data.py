@@ -77,7 +77,7 @@ def mixture_lines(recipe: Recipe, statuses: dict[str, str], split: str = "train"
 def check(recipe: Recipe, collator: Labeller, measured: dict | None = None) -> int:
     """Validate every row of every data source; print each problem and a summary. Returns the exit code.
     `measured` gets the train rows' longest kept length and most visual tokens (for the plan: sft.plan.estimate)."""
-    failed, statuses, read = False, {}, 0
+    failed, statuses, bad_rows = False, {}, 0
     for name, source in data_sources(recipe.data):  # a `datasets` mixture: each entry's split and test_split
         counts, errors, supervised, visual = Counter(), 0, 0, []
         max_length = recipe.training.max_length
@@ -97,7 +97,7 @@ def check(recipe: Recipe, collator: Labeller, measured: dict | None = None) -> i
                 measured["longest"] = max(measured.get("longest", 0), fit["length"])
                 measured["visual_tokens"] = max(measured.get("visual_tokens", 0), fit["image_tokens"])
         total = sum(counts[status] for status in ("ok", "truncated", "dropped")) + errors
-        read += total
+        bad_rows += errors
         image_dropped = counts["image_dropped"]
         print(f"{name} {source.name}: {total} rows, {counts['ok']} ok, {counts['truncated']} prompt-shortened, "
               f"{counts['dropped']} dropped ({counts['dropped'] - image_dropped} text too long for max_length "
@@ -106,7 +106,7 @@ def check(recipe: Recipe, collator: Labeller, measured: dict | None = None) -> i
         dropped_share = counts["dropped"] / total if total else 0.0
         if errors or total == 0 or dropped_share > recipe.data.max_dropped_fraction:
             failed = True
-    if recipe.data.datasets and len(statuses) == read:  # no bad row: the mixture loads as training loads it
+    if recipe.data.datasets and not bad_rows:  # a bad row stops the mixture from loading (it is named above)
         for split in ("train", "eval"):
             for line in mixture_lines(recipe, statuses, split):
                 print(f"mixture {line}")
@@ -124,9 +124,7 @@ def _coloured(collator: Labeller, ids: list[int], labels: list[int]) -> str:
 def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split: str = "train",
             colour: bool | None = None) -> int:
     """Show which tokens each row supervises: coloured text on a terminal, JSON lines with `as_json`."""
-    sources = [source for name, source in data_sources(recipe.data) if name == split]  # a mixture: `limit` each
-    if not sources:
-        raise UserError(f"the recipe has no {split} data (eval_file, dataset_test_split or a datasets test_split)")
+    sources = sources_of_split(recipe, split)  # a mixture: `limit` rows of each source
     colour = sys.stdout.isatty() if colour is None else colour
     bad, told_eos, kept = 0, False, []
     if not collator.completion_only_loss:

@@ -109,9 +109,9 @@ def generate_replies(model, collator: Labeller, examples: list[dict], batch_size
     return [g.reply for g in generate(model, collator, examples, batch_size, max_new_tokens)]
 
 
-def max_reply_tokens(collator: Labeller, examples: list[dict], slack: int = 8) -> int:
-    """Enough new tokens for the longest reference plus `slack` (a wrong answer may run a little longer)."""
-    answers = [reference(e, collator) for e in examples]
-    lengths = [len(collator.tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers
+def max_reply_tokens(collator: Labeller, references: list[str | None], slack: int = 8) -> int:
+    """Enough new tokens for the longest of the rows' `references` (sft.eval.generation.reference) plus `slack` (a
+    wrong answer may run a little longer)."""
+    lengths = [len(collator.tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in references
                if answer is not None]
     return max(lengths, default=0) + slack

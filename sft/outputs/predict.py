@@ -85,9 +85,9 @@ def predict(path: str | Path, data: str | Path, out: str | Path | None = None, b
         raise UserError(f"{data}: no rows")
     model, processing_class, date_string, family = load_for_inference(path)
     collator = make_collator(processing_class, family, date_string=date_string)
-    max_new_tokens = max_new_tokens or max(max_reply_tokens(collator, items), 32)
+    references = [reference(item, collator) for item in items]  # once: a grounding row loads its images
+    max_new_tokens = max_new_tokens or max(max_reply_tokens(collator, references), 32)
     predictions = generate_replies(model, collator, items, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    references = [reference(item, collator) for item in items]
     boxes, box_rows = box_scores(collator, items, predictions)  # grounding rows: boxes in original pixels, IoU
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

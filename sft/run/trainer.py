@@ -78,11 +78,11 @@ class GenerationMetricsSFTTrainer(SFTTrainer):
                                          metric_key_prefix)
         if self.generation_rows and self.eval_metrics:
             rows, collator = self.generation_rows, self.data_collator
+            references = [reference(row, collator) for row in rows]  # once: a grounding row loads its images
             generated = generate(self.accelerator.unwrap_model(self.model), collator, rows,
                                  batch_size=self.args.per_device_eval_batch_size,
-                                 max_new_tokens=max_reply_tokens(collator, rows))
+                                 max_new_tokens=max_reply_tokens(collator, references))
             predictions = [g.reply for g in generated]
-            references = [reference(row, collator) for row in rows]
             scores = score(self.eval_metrics, predictions, references)
             boxes, _ = box_scores(collator, rows, predictions)  # grounding rows: IoU of the boxes read back
             output.metrics.update({f"{metric_key_prefix}_{name}": v for name, v in {**scores.overall, **boxes}.items()})
