@@ -76,13 +76,21 @@ def change_completion_only_loss(collator):
     collator.completion_only_loss = False
 
 
+def change_empty_thinking(collator):
+    collator.supervise_empty_thinking = False
+
+
+def change_enable_thinking(collator):
+    collator.enable_thinking = True
+
+
 def change_labelling_version(collator, monkeypatch):
     monkeypatch.setattr("sft.labels.cache_key.LABELLING_VERSION", 10**6)
 
 
 @pytest.mark.parametrize("change", [change_template, change_vocabulary, change_special_tokens, change_image_setting,
                                     change_family_entry, change_date_string, change_completion_only_loss,
-                                    change_labelling_version])
+                                    change_empty_thinking, change_enable_thinking, change_labelling_version])
 def test_a_change_to_what_labels_a_row_measures_the_rows_afresh(measured_twice, change, monkeypatch):
     collator, measure = measured_twice
     change(collator, monkeypatch) if change is change_labelling_version else change(collator)

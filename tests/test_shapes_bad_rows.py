@@ -45,11 +45,11 @@ BAD_JSONL_ROWS = [
     ({"messages": [{"role": "user", "content": [{"type": "video"}]}, {"role": "assistant", "content": "x"}]},
      "1 video part for 0 video(s): video part 1 has no video left"),
     ({"messages": [{"role": "robot", "content": "a"}, {"role": "assistant", "content": "x"}]},
-     "message 1 needs a role of system, user, assistant"),
+     "message 1 needs a role of system, user, assistant, tool"),
     ({"conversations": [{"from": "observation", "value": "a"}, {"from": "gpt", "value": "x"}]},
      'turn 1: unknown "from" \'observation\'; use one of human, user, gpt, assistant, system'),
     ({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "<image> x"}],
-      "images": ["a.png"]}, "message 2 (assistant) has an image; images go in user turns"),
+      "images": ["a.png"]}, "message 2 (assistant) has an image; images go in user (or tool) turns"),
     ({"prompt": "a", "completion": "b", "image": "https://example.com/a.png"},
      "image 'https://example.com/a.png' is a URL; download it first (no network at training time)"),
 ]

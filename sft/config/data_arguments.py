@@ -114,6 +114,18 @@ class DataArguments:
         default="26 Jul 2024",
         metadata={"help": "Date passed to the chat template (Llama 3.x writes today's date otherwise)."},
     )
+    enable_thinking: bool | None = field(
+        default=None,
+        metadata={"help": "Thinking mode of rows without reasoning, for a template that has one (Qwen3.5, Gemma 4): "
+                  "true, false, or unset for the template's default. A row with reasoning always renders in thinking "
+                  "mode; a row's chat_template_kwargs override this (docs/thinking-and-tools.md)."},
+    )
+    supervise_empty_thinking: bool = field(
+        default=True,
+        metadata={"help": "Learn the empty thinking block a thinking template writes before a reply without "
+                  "reasoning (it teaches not to think for such prompts); false keeps it as context, so the model's "
+                  "own thinking is left alone (docs/thinking-and-tools.md)."},
+    )
     family: str | None = field(
         default=None,
         metadata={"help": "The family table entry to use (sft/family/families.py: e.g. qwen2_5_vl), for a "

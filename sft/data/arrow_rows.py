@@ -21,10 +21,14 @@ from sft.errors import UserError
 FEATURES = Features({
     "where": Value("string"),
     "row": Value("int64"),
-    "messages": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}]}],
+    # `reasoning`: a reply's reasoning_content; `tool_calls`: its calls as JSON; `name`: a tool message's function.
+    "messages": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}],
+                  "reasoning": Value("string"), "tool_calls": Value("string"), "name": Value("string")}],
     "stored_images": List(Image(decode=False)),
     "stored_videos": List(Value("string")),  # paths; frames are decoded per batch by the collator (sft/data/video.py)
     "objects": Value("string"),  # a grounding row's boxes as JSON (sft/data/objects.py), else None
+    "tools": Value("string"),  # the row's tool schemas as JSON (sft/data/tools.py), else None
+    "template_kwargs": Value("string"),  # its chat_template_kwargs as JSON, else None
 })
 MAX_ERRORS_SHOWN = 20
 

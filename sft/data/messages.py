@@ -32,7 +32,7 @@ def with_images(messages: list[dict], n_images: int, kind: str = "image") -> lis
     """Messages as parts, holding exactly `n_images` image parts (`kind` "video": video parts): a row that places
     none gets them at the start of its first user turn (as TRL and LLaMA-Factory do); one that places a different
     number is refused."""
-    out = [{"role": m["role"], "content": parts_of(m["content"])} for m in messages]
+    out = [{**m, "content": parts_of(m["content"])} for m in messages]
     placed = image_count(out, kind)
     if placed == 0 and n_images:
         first_user = next((m for m in out if m["role"] == "user"), None)

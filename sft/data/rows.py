@@ -1,5 +1,6 @@
 """Data rows: every source's rows checked and normalised to `{where, row, messages, stored_images, stored_videos,
-objects}` (`objects`: a grounding row's boxes, sft/data/objects.py; None for any other row).
+objects, tools, template_kwargs}` (`objects`: a grounding row's boxes, sft/data/objects.py; `tools` and
+`template_kwargs`: TRL's `tools` and `chat_template_kwargs` columns as JSON, sft/data/tools.py; None where absent).
 
 A source (sft/data/sources.py) reads a file or dataset; column_map renames the user's columns to the standard names;
 sft/data/shapes.py turns the row into chat messages; the row's images become `stored_images`, `{bytes, path}` entries
@@ -19,11 +20,12 @@ from pathlib import Path
 from sft.data.objects import grounding_objects
 from sft.data.shapes import describe, inline_videos, messages_of_row
 from sft.data.sources import Problem, Source, file_source
+from sft.data.tools import as_json, template_kwargs_of, tools_of
 from sft.data.video import probe_video
 from sft.errors import UserError
 
 STANDARD_NAMES = ("system", "messages", "conversations", "prompt", "completion", "instruction", "input", "output",
-                  "image", "images", "video", "videos", "objects")
+                  "image", "images", "video", "videos", "objects", "tools", "chat_template_kwargs")
 
 
 @dataclass
@@ -128,9 +130,12 @@ def iter_rows(source: Source | str | Path, image_root: str | Path | None = None,
                 row[standard] = row.pop(theirs)
         try:
             images, videos = _images(row, root, names), _videos(row, root, names)
-            messages = messages_of_row(row, names, len(images), require_reply, len(videos))
+            tools = tools_of(row, names["tools"])
+            messages = messages_of_row(row, names, len(images), require_reply, len(videos), tools)
             yield {"where": where, "row": number, "stored_images": images, "stored_videos": videos,
-                   "messages": messages, "objects": grounding_objects(row, names["objects"], messages, images)}
+                   "messages": messages, "objects": grounding_objects(row, names["objects"], messages, images),
+                   "tools": as_json(tools),
+                   "template_kwargs": as_json(template_kwargs_of(row, names["chat_template_kwargs"]))}
         except (ValueError, UserError) as exc:
             yield RowError(where, str(exc))
 

@@ -20,8 +20,9 @@ import json
 import re
 
 from sft.data.messages import image_count, with_images
+from sft.data.tools import as_json, calls_of, check_tool_turns, reasoning_of
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 IMAGE_MARKER, VIDEO_MARKER = "<image>", "<video>"
 PART_TYPES = ("text", "image", "video")
@@ -63,17 +64,18 @@ def _checked(messages: list[dict], require_reply: bool) -> list[dict]:
     """Replies carry text, images sit in user turns, and (for training) the row ends with the reply."""
     for number, message in enumerate(messages, start=1):
         texts = [p["text"] for p in message["content"] if p["type"] == "text"]
-        if message["role"] == "assistant" and not "".join(texts).strip():
-            raise ValueError(f"message {number} (assistant) must have non-empty text")
+        if message["role"] == "assistant" and not "".join(texts).strip() and not message.get("tool_calls"):
+            raise ValueError(f"message {number} (assistant) must have non-empty text or tool_calls")
         for kind in ("image", "video"):
-            if message["role"] != "user" and any(p["type"] == kind for p in message["content"]):
-                raise ValueError(f"message {number} ({message['role']}) has an {kind}; {kind}s go in user turns")
+            if message["role"] not in ("user", "tool") and any(p["type"] == kind for p in message["content"]):
+                raise ValueError(f"message {number} ({message['role']}) has an {kind}; {kind}s go in user (or tool) "
+                                 "turns")
     if require_reply and messages[-1]["role"] != "assistant":
         raise ValueError("the last message must be the assistant's reply (it is what gets supervised)")
     return messages
 
 
-def _conversation(turns, name: str, require_reply: bool) -> list[dict]:
+def _conversation(turns, name: str, require_reply: bool, tools: list[dict] | None = None) -> list[dict]:
     if not isinstance(turns, list) or not turns:
         raise ValueError(f'"{name}" must be a non-empty list of {{role, content}} objects')
     out = []
@@ -81,13 +83,18 @@ def _conversation(turns, name: str, require_reply: bool) -> list[dict]:
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise ValueError(f"message {number} needs a role of {', '.join(ROLES)}")
         content = message.get("content")
+        calls = calls_of(message, number) if message["role"] == "assistant" else None
         if isinstance(content, list):
             parts = _parts(content, number)
+        elif content is None and calls:  # a reply that only calls tools (TRL writes its content as None or "")
+            parts = [{"type": "text", "text": ""}]
         else:
-            empty_ok = message["role"] != "assistant"  # a reply must say something
+            empty_ok = message["role"] != "assistant" or bool(calls)  # a reply must say or call something
             parts = [{"type": "text", "text": _string(message, "content", f"message {number} content",
                                                       empty_ok=empty_ok)}]
-        out.append({"role": message["role"], "content": parts})
+        out.append({"role": message["role"], "content": parts, "reasoning": reasoning_of(message, number),
+                    "tool_calls": as_json(calls), "name": None})
+    check_tool_turns(out, turns, tools)
     return _checked(out, require_reply)
 
 
@@ -154,15 +161,15 @@ def inline_videos(row: dict) -> list[str]:
 
 
 def messages_of_row(row: dict, names: dict[str, str], n_images: int, require_reply: bool = True,
-                    n_videos: int = 0) -> list[dict]:
+                    n_videos: int = 0, tools: list[dict] | None = None) -> list[dict]:
     """The row as chat messages in parts form, its `n_images` images and `n_videos` videos placed; ValueError with a
     short reason. Without `require_reply` (prediction) the reply may be absent and the messages then end with the
     user's turn."""
     system = _string(row, "system", names["system"], required=False, empty_ok=True)
     head = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
     if "messages" in row:
-        return _place_visuals(head + _conversation(row["messages"], names["messages"], require_reply), n_images,
-                              n_videos, "part")
+        return _place_visuals(head + _conversation(row["messages"], names["messages"], require_reply, tools),
+                              n_images, n_videos, "part")
     if "conversations" in row:
         return _place_visuals(head + _sharegpt(row["conversations"], names["conversations"], require_reply),
                               n_images, n_videos, "marker")

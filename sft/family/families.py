@@ -38,7 +38,11 @@ class Family:
     pixel_input: str = "pixel_values"  # the processor's pixel tensor
     image_marker: str | None = None  # what the template writes per image, when it is not processor.image_token
     processor_kwargs: dict = field(default_factory=dict)  # extra arguments to AutoProcessor.from_pretrained
-    reasoning_end: str | None = None  # a non-special token that ends a thinking block; the answer follows it
+    # Thinking (docs/thinking-and-tools.md): the markers that open and close a reply's thinking block as its template
+    # writes it (a reply may write them inline; generation's answer is what follows the end marker).
+    reasoning_start: str | None = None
+    reasoning_end: str | None = None
+    tool_call_end: str | None = None  # what ends a tool-calling turn when it is not `closing` (generation stops there)
     labels: str = "chat_template"  # or "prefix_suffix": no chat template, the processor's prefix/suffix call
     # How packed rows (sft/labels/packing.py) give the model each example's positions: "positions" (1-D, restarting per
     # example), "mrope" (Qwen: the text row and the three M-RoPE rows), or None: refused, for `packing_refusal`.
@@ -105,14 +109,14 @@ FAMILIES = (
     # -Thinking checkpoints; `</think>` is an ordinary added token, so decoding keeps it and what came before it.
     Family("qwen3_vl", ("qwen3_vl",), "Qwen/Qwen3-VL-2B-Instruct", "<|im_end|>",
            vision_tower=("visual",), projector=("merger", "deepstack_merger_list"),
-           extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_end="</think>", packing="mrope",
-           image_budget="pixels", video_inputs=QWEN_VIDEO, video_budget="pixels", boxes="qwen3_vl"),
+           extra_inputs=("image_grid_thw", "mm_token_type_ids"), reasoning_start="<think>", reasoning_end="</think>",
+           packing="mrope", image_budget="pixels", video_inputs=QWEN_VIDEO, video_budget="pixels", boxes="qwen3_vl"),
     # Qwen3.5 (thinking on or off by its template): the closing token is the same; with thinking on, the last
     # reply's supervised text starts with the rest of the empty thinking block ("\n</think>\n\n").
     Family("qwen3_5", ("qwen3_5",), "Qwen/Qwen3.5-2B", "<|im_end|>",
            vision_tower=("visual",), projector=("merger",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
-           reasoning_end="</think>", image_budget="pixels", video_inputs=QWEN_VIDEO, video_budget="pixels",
-           boxes="qwen3_vl", packing=None,
+           reasoning_start="<think>", reasoning_end="</think>", image_budget="pixels", video_inputs=QWEN_VIDEO,
+           video_budget="pixels", boxes="qwen3_vl", packing=None,
            packing_refusal="its linear-attention (Gated DeltaNet) layers carry their state from one example into the "
                            "next"),
     # The template writes <IMG_CONTEXT> per image (processor.image_token), expanded to <img> + tiles + </img>.
@@ -142,7 +146,11 @@ FAMILIES = (
            vision_tower=("vision_tower",), projector=("embed_vision",), other_towers=("audio_tower", "embed_audio"),
            extra_inputs=("mm_token_type_ids", "image_position_ids"),
            video_inputs=("pixel_values_videos", "video_position_ids", "num_frames_per_video"),
-           video_budget="soft_tokens", image_budget="soft_tokens", packing=None, packing_refusal=GEMMA_SLIDING_IMAGES),
+           video_budget="soft_tokens", image_budget="soft_tokens", packing=None, packing_refusal=GEMMA_SLIDING_IMAGES,
+           # It thinks in a thought channel (written only beside tool calls), and writes a call, the tool's response
+           # and the answer in one model turn: the call ends with `<|tool_response>`, where generation stops for the
+           # tool to answer.
+           reasoning_start="<|channel>thought", reasoning_end="<channel|>", tool_call_end="<|tool_response>"),
     # PaliGemma 2 checkpoints ship no chat template: one prompt and one answer go through the processor's own
     # prefix/suffix call (sft/labels/prefix_suffix.py): image tokens + <bos> + prompt + "\n" attended bidirectionally,
     # answer + <eos> causally, token_type_ids telling the model which is which.

@@ -16,7 +16,7 @@ from sft.family.image_budget import image_settings
 from sft.labels.labelling import Labeller
 
 # Bump when the labelling code changes what a row becomes (its measured columns, where a span starts or ends).
-LABELLING_VERSION = 6
+LABELLING_VERSION = 7
 CALL_STATE = ("truncation", "padding")  # a fast tokenizer's settings of its last call, not of its tokens
 
 
@@ -48,6 +48,8 @@ def key_parts(collator: Labeller, max_length: int | None, truncation: str) -> di
         "family": repr(replace(collator.family, found_by="")),  # closing token, image marker, labels, ...
         "completion_only_loss": collator.completion_only_loss,  # stored labels: the replies', or the conversation's
         "date_string": collator.date_string,
+        "enable_thinking": collator.enable_thinking,  # which rows render in thinking mode
+        "supervise_empty_thinking": collator.supervise_empty_thinking,  # where a reply without reasoning starts
         "max_length": max_length,
         "truncation": truncation,
     }

@@ -28,6 +28,7 @@ from sft.family.families import Family, find_family
 from sft.family.video_budget import video_refusal
 from sft.labels.grounding import convention_tokens, fill_objects
 from sft.labels.reply_spans import ReplySpans
+from sft.labels.template_inputs import row_context
 from sft.labels.token_labels import IGNORE_INDEX, TokenLabels
 from sft.labels.video_batch import process_visuals, split_visuals
 
@@ -75,16 +76,19 @@ class CompletionOnlyCollator:
 
     def __init__(self, processing_class, family: Family | None = None, date_string: str | None = None,
                  max_length: int | None = None, pad_to_multiple_of: int | None = None,
-                 completion_only_loss: bool | None = None):
+                 completion_only_loss: bool | None = None, enable_thinking: bool | None = None,
+                 supervise_empty_thinking: bool = True):
         self.processing_class = processing_class
         # Commands find the family once from the checkpoint (sft.family.families.find_family) and pass it; a caller that
         # passes none (a test, a tool) gets the one the processor's class names.
         self.family = family or find_family(None, processing_class)
         # TRL's key: unset or true, the replies only; false, the whole conversation but its image placeholders.
         self.completion_only_loss = completion_only_loss is not False
-        self.replies = ReplySpans(processing_class, self.family, date_string, self.needs_chat_template)
+        self.replies = ReplySpans(processing_class, self.family, date_string, self.needs_chat_template,
+                                  enable_thinking, supervise_empty_thinking)
         self.is_processor, self.tokenizer = self.replies.is_processor, self.replies.tokenizer
         self.image_token, self.date_string = self.replies.image_token, self.replies.date_string
+        self.enable_thinking, self.supervise_empty_thinking = enable_thinking, supervise_empty_thinking
         # What the template writes per video, counted as the image marker is (every video family's template writes
         # its processor's video_token: Qwen's <|video_pad|>, <video>, Gemma 4's <|video|>).
         self.video_token = getattr(processing_class, "video_token", None) if self.is_processor else None
@@ -151,7 +155,7 @@ class CompletionOnlyCollator:
         """One row, unpadded and untruncated (for counting, previews and the length check)."""
         images = self.load_images(example) if images is None else images
         with located(example):
-            text, spans = self.supervised_spans(self.messages_of(example, images))
+            text, spans = self.supervised_spans(self.messages_of(example, images), row_context(example))
             processed = self._process([text], [images] if images else None)
             # Without the padding that pad_to_multiple_of adds even to one row (it would shift every tail).
             ids = processed["input_ids"][0][processed["attention_mask"][0].bool()].tolist()
@@ -165,7 +169,7 @@ class CompletionOnlyCollator:
         rendered = []
         for example, imgs in zip(examples, images):
             with located(example):
-                rendered.append(self.supervised_spans(self.messages_of(example, imgs)))
+                rendered.append(self.supervised_spans(self.messages_of(example, imgs), row_context(example)))
         batch = self._process([text for text, _ in rendered], images if any(images) else None)
         # Every row's tails in one tokenizer call (a call per row costs more than the tokenizing itself).
         tails = [self.tokens.tails(text, [c for span in spans for c in span], imgs)
@@ -207,20 +211,20 @@ class CompletionOnlyCollator:
                 raise UserError(f"{length} tokens exceed max_length {self.max_length}; rows must pass "
                                 "sft.labels.fit.fit_to_length first")
 
-    def inserts_eos(self, messages: list[dict]) -> bool:
+    def inserts_eos(self, messages: list[dict], context: dict | None = None) -> bool:
         """Whether this row's template writes no closing token, so that EOS is inserted after each reply."""
-        return self.replies.inserts_eos(messages)
+        return self.replies.inserts_eos(messages, context)
 
-    def generation_prompt(self, messages: list[dict]) -> str:
+    def generation_prompt(self, messages: list[dict], context: dict | None = None) -> str:
         """The text the model answers, exactly as training saw it before the last reply: the row's rendering (with
         any EOS the collator inserts) up to where that reply's supervised span starts. It is the template's
         generation prompt wherever that is a prefix of the rendering; it leaves out the empty thought block Gemma 4's
         generation prompt adds (training rows have none), keeps the EOS inserted after LLaVA-1.5's earlier replies,
         and ends where a token merged across the boundary starts. A row without a final reply gets a placeholder one
-        to locate the span."""
+        to locate the span. A row whose reply has reasoning is asked in thinking mode, as it was trained."""
         if messages[-1]["role"] != "assistant":
             messages = [*messages, {"role": "assistant", "content": [{"type": "text", "text": "PLACEHOLDER_REPLY"}]}]
-        text, spans = self.supervised_spans(messages)
+        text, spans = self.supervised_spans(messages, context)
         return text[:self.tokens.token_start(text, spans[-1][0])]
 
     def generation_inputs(self, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -229,5 +233,5 @@ class CompletionOnlyCollator:
         texts = []
         for example, imgs in zip(examples, images):
             with located(example):
-                texts.append(self.generation_prompt(self.messages_of(example, imgs)))
+                texts.append(self.generation_prompt(self.messages_of(example, imgs), row_context(example)))
         return self._process(texts, images if any(images) else None, padding_side="left")

@@ -27,6 +27,8 @@ class Labeller(Protocol):
     processing_class: object  # the processor (or the tokenizer of a text model) saved with the run
     date_string: str | None  # what the template got for `date_string` (part of the dataset cache key)
     completion_only_loss: bool  # TRL's key: False supervises the whole conversation but image placeholders (too)
+    enable_thinking: bool | None  # the recipe's: rows without reasoning render with it (None: the template's default)
+    supervise_empty_thinking: bool  # whether the empty thinking block before a reply without reasoning is learnt
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """A training batch: every processor tensor, plus `labels` (-100 wherever nothing is supervised)."""
@@ -40,13 +42,14 @@ class Labeller(Protocol):
     def messages_of(self, example: dict, images: list) -> list[dict]:
         """The row's messages as parts with its images placed."""
 
-    def generation_prompt(self, messages: list[dict]) -> str:
-        """The text the model is asked to continue: what training saw before the last reply."""
+    def generation_prompt(self, messages: list[dict], context: dict | None = None) -> str:
+        """The text the model is asked to continue: what training saw before the last reply (`context`: the row's
+        tools and chat_template_kwargs, sft/labels/template_inputs.py row_context)."""
 
     def generation_inputs(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         """Left-padded generation prompts of the rows, with their images."""
 
-    def inserts_eos(self, messages: list[dict]) -> bool:
+    def inserts_eos(self, messages: list[dict], context: dict | None = None) -> bool:
         """Whether EOS is inserted after each reply (a template that closes no turn)."""
 
 
@@ -55,6 +58,7 @@ STRATEGIES: dict[str, type] = {"chat_template": CompletionOnlyCollator, "prefix_
 
 def make_collator(processing_class, family: Family | None = None, **kwargs) -> Labeller:
     """The labeller of this family (found from the processor's class when none is passed); `kwargs`: date_string,
-    max_length, pad_to_multiple_of, completion_only_loss (the recipe's keys of those names)."""
+    max_length, pad_to_multiple_of, completion_only_loss, enable_thinking, supervise_empty_thinking (the recipe's
+    keys of those names)."""
     family = family or find_family(None, processing_class)
     return STRATEGIES[family.labels](processing_class, family=family, **kwargs)

@@ -44,6 +44,8 @@ class PrefixSuffixCollator(CompletionOnlyCollator):
             raise UserError(f"{name} has no chat template and takes one prompt and one answer per row (its "
                             f"processor's prefix/suffix); this row has {roles.count('user')} user and "
                             f"{roles.count('assistant')} assistant turn(s)")
+        if any(m.get("reasoning") or m.get("tool_calls") for m in messages):
+            raise UserError(f"{name} has no chat template to write reasoning or tool calls; this row has them")
         if image_count(messages) == 0:
             raise UserError(f"{name}'s processor needs an image in every row; this row has none")
         if image_count(messages[1:]):
@@ -79,10 +81,10 @@ class PrefixSuffixCollator(CompletionOnlyCollator):
         return self._process(prompts, images, suffixes=suffixes)
 
     # ---- the collator's interface (sft/labels/labelling.py's Labeller) -----------------------------------------
-    def inserts_eos(self, messages: list[dict]) -> bool:
+    def inserts_eos(self, messages: list[dict], context: dict | None = None) -> bool:
         return False  # the processor itself appends EOS to the answer
 
-    def generation_prompt(self, messages: list[dict]) -> str:
+    def generation_prompt(self, messages: list[dict], context: dict | None = None) -> str:
         return self.prefix_and_suffix(messages)[0]  # the processor adds <bos> and "\n" to it
 
     def encode(self, example: dict, images: list | None = None) -> Encoded:

@@ -13,13 +13,16 @@ from transformers import ProcessorMixin
 from sft.data.messages import image_count, parts_of, stripped_replies, text_of
 from sft.errors import UserError
 from sft.family.families import Family
+from sft.labels.template_inputs import split_inline_thinking, template_keywords, template_message
+from sft.labels.turn_pieces import locate_turn
 
 
 class ReplySpans:
     """Renders a row with the model's chat template and locates each assistant reply's supervised characters."""
 
     def __init__(self, processing_class, family: Family | None, date_string: str | None = None,
-                 needs_chat_template: bool = True):
+                 needs_chat_template: bool = True, enable_thinking: bool | None = None,
+                 supervise_empty_thinking: bool = True):
         self.processing_class = processing_class
         self.is_processor = isinstance(processing_class, ProcessorMixin)
         self.tokenizer = processing_class.tokenizer if self.is_processor else processing_class
@@ -36,22 +39,35 @@ class ReplySpans:
         added = {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special}
         self.special_tokens = sorted(added | set(self.tokenizer.all_special_tokens), key=len, reverse=True)
         self.toolkit_tokens: set[str] = set()  # special tokens the toolkit writes into rows itself (grounding boxes)
+        self.family = family
+        # Thinking: the recipe's enable_thinking (None: the template's default) and whether the empty thinking block a
+        # thinking template writes before a reply without reasoning is learnt (docs/thinking-and-tools.md).
+        self.reads_thinking = "enable_thinking" in str(template or "")
+        self.enable_thinking, self.supervise_empty_thinking = enable_thinking, supervise_empty_thinking
+        if enable_thinking is not None and not self.reads_thinking:
+            raise UserError("enable_thinking is set but the chat template never reads it; remove it from the recipe")
 
     def template_messages(self, messages: list[dict]) -> list[dict]:
         """Messages in the form the chat template expects: typed parts for a processor, strings for a tokenizer."""
         if self.is_processor:
-            return [{"role": m["role"], "content": [{"type": p["type"]} if p["type"] in ("image", "video") else p
-                                                     for p in parts_of(m["content"])]} for m in messages]
+            return [template_message(m, [{"type": p["type"]} if p["type"] in ("image", "video") else p
+                                         for p in parts_of(m["content"])]) for m in messages]
         for kind in ("image", "video"):
             if image_count(messages, kind):
                 raise UserError(f"the row has {kind}s but the model is a text model")
-        return [{"role": m["role"], "content": text_of(m)} for m in messages]
+        return [template_message(m, text_of(m)) for m in messages]
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    def keywords(self, messages: list[dict], context: dict | None = None) -> dict:
+        """The template keywords of a row (sft/labels/template_inputs.py), decided once for all its renderings."""
+        return {**self.template_kwargs,
+                **template_keywords(messages, context, self.enable_thinking, self.reads_thinking)}
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False, keywords: dict | None = None) -> str:
+        keywords = self.keywords(messages) if keywords is None else keywords
         try:
             return self.processing_class.apply_chat_template(
                 self.template_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
-                **self.template_kwargs,
+                **keywords,
             )
         except (jinja2.TemplateError, ValueError) as exc:  # Llama 3.2 Vision: "images are incompatible with system
             raise UserError(f"the chat template refuses this row: {exc}") from None  # messages"
@@ -61,73 +77,99 @@ class ReplySpans:
         once tokenized (ending a turn early, or asking for an image that is not there), so such a row is refused.
         `allowed`: tokens the toolkit wrote into the row itself (checked before it wrote them)."""
         for number, message in enumerate(messages, start=1):
-            text = text_of(message)
+            text = text_of(message) + (message.get("reasoning") or "") + (message.get("tool_calls") or "")
             found = next((t for t in self.special_tokens if t in text and t not in allowed), None)
             if found:
                 raise UserError(f"message {number} ({message['role']}) contains {found!r}, a special token of this "
                                 "tokenizer; as data it would act as a control token; remove or reword it")
 
-    def supervised_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    def prepared(self, messages: list[dict]) -> list[dict]:
+        """The messages as every rendering of the row sees them: inline thinking split out, replies stripped."""
+        family = self.family
+        messages = split_inline_thinking(messages, family and family.reasoning_start, family and family.reasoning_end)
+        return stripped_replies(messages)
+
+    def supervised_spans(self, messages: list[dict], context: dict | None = None) -> tuple[str, list[tuple[int, int]]]:
         """The full text and, per assistant turn, the character span [start, end) that is supervised.
 
         A turn's span starts where the rendering of the conversation before it plus the generation prompt stops
         agreeing with the full rendering (right after the generation prompt, or after the role header when the
         generation prompt adds a thinking block that the turn lacks), never inside the reply, and ends with the
-        special token that closes the turn. A template that closes a turn with no special token (LLaVA-1.5) gets
-        the tokenizer's EOS inserted right after the reply, supervised. Replies are rendered without their
-        surrounding whitespace (`stripped_replies`), so the rule is the same whether the template trims or not."""
-        messages = stripped_replies(messages)
+        special token that closes the turn. In between lie, as the template writes them, the reply's reasoning and
+        thinking markers (sft/labels/turn_pieces.py), its text and its tool calls. A template that closes a turn with
+        no special token (LLaVA-1.5) gets the tokenizer's EOS inserted right after the reply, supervised. Replies are
+        rendered without their surrounding whitespace (`stripped_replies`), so the rule is the same whether the
+        template trims or not. `context`: the row's tools and chat_template_kwargs."""
+        full, spans, _ = self.spans_and_dropped(messages, context)
+        return full, spans
+
+    def spans_and_dropped(self, messages: list[dict], context: dict | None = None):
+        """`supervised_spans` and the number of replies whose reasoning the template did not write (Qwen3.x writes
+        it only after the last user query); the last reply's reasoning unwritten is refused."""
+        messages = self.prepared(messages)
         self.refuse_special_text(messages, self.toolkit_tokens)
-        full = self.render(messages)
-        located, insert_at = [], []
+        keywords = self.keywords(messages, context)
+        full = self.render(messages, keywords=keywords)
+        located, insert_at, dropped = [], [], 0
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant") if \
+            any(m["role"] == "assistant" for m in messages) else -1
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
             if i == 0:
                 raise UserError("the conversation opens with an assistant turn; it needs a user turn before it")
-            floor = self._reply_floor(messages, i, full)
-            reply = text_of(message)
-            at = full.find(reply, floor)  # not before the divergence: a reply may repeat a word of the role header
-            if at < 0:
-                raise UserError(f"the chat template does not write assistant turn {i + 1} verbatim")
-            start = min(floor, at)  # never inside the reply
-            reply_end = at + len(reply)
-            closing = self.closing_token(full[reply_end:])
+            floor = self._reply_floor(messages, i, full, keywords)
+            turn = locate_turn(full, floor, message, i + 1, self.family, self.supervise_empty_thinking)
+            if turn.reasoning_dropped:
+                if i == last:
+                    raise UserError(f"the chat template does not write the reasoning of assistant turn {i + 1} (a "
+                                    "template without thinking, or one that writes it only beside tool calls)")
+                dropped += 1
+            if turn.closing_at is not None:  # a tool-calling turn, closed where the family's table says
+                located.append((turn.start, turn.closing_at, ""))
+                continue
+            closing = self.closing_token(full[turn.end:])
             if closing is None:
                 eos = self.tokenizer.eos_token
                 if not eos:
                     raise UserError("the chat template closes the assistant turn with no special token and the "
                                     "tokenizer has no EOS; the model could never learn to stop")
-                insert_at.append(reply_end)
-                located.append((start, reply_end, eos))
+                insert_at.append(turn.end)
+                located.append((turn.start, turn.end, eos))
             else:
                 # The turn ends with the closing token itself: a newline the template writes after it is not learnt.
-                located.append((start, full.index(closing, reply_end) + len(closing), ""))
+                located.append((turn.start, full.index(closing, turn.end) + len(closing), ""))
         spans, shift = [], 0
         for start, end, inserted in located:
             spans.append((start + shift, end + shift + len(inserted)))
             shift += len(inserted)
         for position in reversed(insert_at):
             full = full[:position] + self.tokenizer.eos_token + full[position:]
-        return full, spans
+        return full, spans, dropped
 
-    def _reply_floor(self, messages: list[dict], i: int, full: str) -> int:
+    def _reply_floor(self, messages: list[dict], i: int, full: str, keywords: dict) -> int:
         """Where turn i's span may start at the earliest: after the generation prompt when it is a prefix of the
         full rendering, else where that prompt stops agreeing with it (an empty thinking block the turn lacks)."""
-        prompt = self.render(messages[:i], add_generation_prompt=True)
+        prompt = self.render(messages[:i], add_generation_prompt=True, keywords=keywords)
         if full.startswith(prompt):  # the usual case: the reply follows the generation prompt
             return len(prompt)
-        before = self.render(messages[:i])
+        before = self.render(messages[:i], keywords=keywords)
         if not full.startswith(before):
             raise UserError(f"the chat template renders the turns before turn {i + 1} differently once it "
                             "follows; cannot locate the reply by position")
         agree = next(k for k, (a, b) in enumerate(zip(prompt, full)) if a != b)
+        for token in self.special_tokens:  # not inside a special token of either (Gemma 4's `<|channel>` and
+            for text in (prompt, full):  # `<|tool_call>` share `<|`)
+                at = text.find(token, max(0, agree - len(token) + 1))
+                if 0 <= at < agree < at + len(token):
+                    agree = at
         return max(agree, len(before))
 
-    def inserts_eos(self, messages: list[dict]) -> bool:
+    def inserts_eos(self, messages: list[dict], context: dict | None = None) -> bool:
         """Whether this row's template writes no closing token, so that EOS is inserted after each reply."""
-        text, _ = self.supervised_spans(messages)
-        return len(text) != len(self.render(stripped_replies(messages)))
+        text, _ = self.supervised_spans(messages, context)
+        prepared = self.prepared(messages)
+        return len(text) != len(self.render(prepared, keywords=self.keywords(prepared, context)))
 
     def closing_token(self, after_reply: str) -> str | None:
         """The special token that closes a reply, when the template writes one (after optional whitespace)."""

@@ -27,5 +27,7 @@ def open_processing(recipe: Recipe) -> Processing:
     if data.box_convention:  # the recipe's choice of how grounding boxes are written (sft/family/boxes.py)
         family = replace(family, boxes=data.box_convention)
     collator = make_collator(processing_class, family, date_string=data.date_string, max_length=args.max_length,
-                             pad_to_multiple_of=args.pad_to_multiple_of, completion_only_loss=args.completion_only_loss)
+                             pad_to_multiple_of=args.pad_to_multiple_of, completion_only_loss=args.completion_only_loss,
+                             enable_thinking=data.enable_thinking,
+                             supervise_empty_thinking=data.supervise_empty_thinking)
     return Processing(processing_class, family, collator)

@@ -63,6 +63,12 @@ def held_out_rows(path: str | Path) -> list[int] | None:
     return split.get("row_numbers")
 
 
+def thinking_of(path: str | Path) -> dict:
+    """The run's enable_thinking and supervise_empty_thinking: its prompts are asked in the mode it trained in."""
+    data = _manifest(path).get("recipe", {}).get("data", {})
+    return {key: data[key] for key in ("enable_thinking", "supervise_empty_thinking") if key in data}
+
+
 def recorded_metrics(path: str | Path) -> list[str] | None:
     """The generation metrics the run was evaluated with, as its manifest records them."""
     return (_manifest(path).get("evaluation") or {}).get("metrics") or None
@@ -84,7 +90,7 @@ def predict(path: str | Path, data: str | Path, out: str | Path | None = None, b
     if not items:
         raise UserError(f"{data}: no rows")
     model, processing_class, date_string, family = load_for_inference(path)
-    collator = make_collator(processing_class, family, date_string=date_string)
+    collator = make_collator(processing_class, family, date_string=date_string, **thinking_of(path))
     references = [reference(item, collator) for item in items]  # once: a grounding row loads its images
     max_new_tokens = max_new_tokens or max(max_reply_tokens(collator, references), 32)
     predictions = generate_replies(model, collator, items, batch_size=batch_size, max_new_tokens=max_new_tokens)
