@@ -12,8 +12,6 @@ import torch
 from sft.cli import main as sft
 from sft.config.recipe import load_recipe
 from sft.errors import UserError
-from sft.eval.generation import answer_of
-from sft.family.families import family_named
 from sft.labels.labelling import make_collator
 from sft.plan.estimate import build_on_meta, make_plan
 from tests.conftest import REPO, write_image, write_jsonl, write_recipe
@@ -61,14 +59,6 @@ def test_special_token_in_data_is_refused_in_one_line(family_models, tmp_path):
         make_collator(processor, case.family)([row(tmp_path, messages, where="qwen.jsonl:3")])
     assert str(refused.value) == ("qwen.jsonl:3: message 1 (user) contains '<|image_pad|>', a special token of this "
                                   "tokenizer; as data it would act as a control token; remove or reword it")
-
-
-def test_a_thinking_reply_is_scored_on_the_text_after_its_thinking_block():
-    family = family_named("qwen3_5")
-    # What greedy decoding gives after the thinking-on prompt `<think>\n` (`</think>` is not a special token).
-    assert answer_of("\n</think>\n\nwater", family) == "water"
-    assert answer_of("water", family) == "water"
-    assert answer_of("\n</think>\n\nwater", family_named("qwen2_vl")) == "</think>\n\nwater"  # no thinking family
 
 
 # ---- shipped configs and recipe ---------------------------------------------------------------------------------

@@ -20,11 +20,14 @@ def prompt_preview(prompt: str, limit: int = PROMPT_PREVIEW_CHARS) -> str:
 
 
 def prediction_records(rows: list[dict], prompts: list[str], predictions: list[str], references: list[str | None],
-                       per_row_scores: list[dict[str, float]]) -> list[dict]:
-    """One record per eval row: its number in its file, prompt preview, prediction, reference and scores."""
+                       per_row_scores: list[dict[str, float]], reasonings: list[str] | None = None) -> list[dict]:
+    """One record per eval row: its number in its file, prompt preview, prediction, reference and scores, and what
+    the model thought before answering where it did (`reasoning`: the prediction is the answer after it)."""
+    reasonings = reasonings or [""] * len(rows)
     return [{"row": row["row"], "prompt": prompt_preview(prompt), "prediction": prediction, "reference": ref,
-             "scores": scores}
-            for row, prompt, prediction, ref, scores in zip(rows, prompts, predictions, references, per_row_scores)]
+             "scores": scores, **({"reasoning": thought} if thought else {})}
+            for row, prompt, prediction, ref, scores, thought in zip(rows, prompts, predictions, references,
+                                                                    per_row_scores, reasonings)]
 
 
 def write_predictions(path: str | Path, records: list[dict]) -> Path:

@@ -17,6 +17,7 @@ import torch
 from sft.family.families import Family, find_family
 from sft.labels.collator import CompletionOnlyCollator, Encoded
 from sft.labels.prefix_suffix import PrefixSuffixCollator
+from sft.labels.reply_spans import ReplySpans
 
 
 class Labeller(Protocol):
@@ -27,6 +28,8 @@ class Labeller(Protocol):
     processing_class: object  # the processor (or the tokenizer of a text model) saved with the run
     date_string: str | None  # what the template got for `date_string` (part of the dataset cache key)
     completion_only_loss: bool  # TRL's key: False supervises the whole conversation but image placeholders (too)
+    needs_chat_template: bool  # False: the processor's prefix/suffix call (no template renders the row)
+    replies: ReplySpans  # the template's rendering of a row: spans, answers, reasoning (sft/labels/reply_spans.py)
     enable_thinking: bool | None  # the recipe's: rows without reasoning render with it (None: the template's default)
     supervise_empty_thinking: bool  # whether the empty thinking block before a reply without reasoning is learnt
 

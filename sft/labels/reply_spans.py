@@ -7,6 +7,8 @@ The model's own chat template renders the row; a reply's supervised span is foun
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jinja2
 from transformers import ProcessorMixin
 
@@ -15,6 +17,17 @@ from sft.errors import UserError
 from sft.family.families import Family
 from sft.labels.template_inputs import split_inline_thinking, template_keywords, template_message
 from sft.labels.turn_pieces import locate_turn
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """A row rendered by its template: the text, each reply's supervised span and answer span, and how many
+    replies' reasoning the template dropped."""
+
+    full: str
+    spans: list[tuple[int, int]]
+    answers: list[tuple[int, int]]
+    dropped_reasoning: int
 
 
 class ReplySpans:
@@ -100,17 +113,26 @@ class ReplySpans:
         no special token (LLaVA-1.5) gets the tokenizer's EOS inserted right after the reply, supervised. Replies are
         rendered without their surrounding whitespace (`stripped_replies`), so the rule is the same whether the
         template trims or not. `context`: the row's tools and chat_template_kwargs."""
-        full, spans, _ = self.spans_and_dropped(messages, context)
-        return full, spans
+        rendering = self.rendering(messages, context)
+        return rendering.full, rendering.spans
 
-    def spans_and_dropped(self, messages: list[dict], context: dict | None = None):
-        """`supervised_spans` and the number of replies whose reasoning the template did not write (Qwen3.x writes
-        it only after the last user query); the last reply's reasoning unwritten is refused."""
+    def written_answer(self, messages: list[dict], context: dict | None = None) -> str:
+        """The last reply's answer (its text and tool calls, no thinking block, no closing token) as the template
+        writes it, read back as a generation is: tokenized and decoded without special tokens."""
+        rendering = self.rendering(messages, context)
+        text = rendering.full[slice(*rendering.answers[-1])]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def rendering(self, messages: list[dict], context: dict | None = None) -> Rendering:
+        """`supervised_spans`, each reply's answer span, and the number of replies whose reasoning the template did
+        not write (Qwen3.x writes it only after the last user query); the last reply's reasoning unwritten is
+        refused."""
         messages = self.prepared(messages)
         self.refuse_special_text(messages, self.toolkit_tokens)
         keywords = self.keywords(messages, context)
         full = self.render(messages, keywords=keywords)
-        located, insert_at, dropped = [], [], 0
+        located, insert_at, dropped, answers = [], [], 0, []
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant") if \
             any(m["role"] == "assistant" for m in messages) else -1
         for i, message in enumerate(messages):
@@ -125,6 +147,9 @@ class ReplySpans:
                     raise UserError(f"the chat template does not write the reasoning of assistant turn {i + 1} (a "
                                     "template without thinking, or one that writes it only beside tool calls)")
                 dropped += 1
+            closed = turn.closing_at - len(self.family.tool_call_end or self.family.closing) \
+                if turn.closing_at is not None else turn.end
+            answers.append((turn.answer, closed))
             if turn.closing_at is not None:  # a tool-calling turn, closed where the family's table says
                 located.append((turn.start, turn.closing_at, ""))
                 continue
@@ -139,13 +164,14 @@ class ReplySpans:
             else:
                 # The turn ends with the closing token itself: a newline the template writes after it is not learnt.
                 located.append((turn.start, full.index(closing, turn.end) + len(closing), ""))
-        spans, shift = [], 0
-        for start, end, inserted in located:
+        spans, shifted, shift = [], [], 0
+        for (start, end, inserted), (answer, closed) in zip(located, answers):
             spans.append((start + shift, end + shift + len(inserted)))
+            shifted.append((answer + shift, closed + shift))
             shift += len(inserted)
         for position in reversed(insert_at):
             full = full[:position] + self.tokenizer.eos_token + full[position:]
-        return full, spans, dropped
+        return Rendering(full, spans, shifted, dropped)
 
     def _reply_floor(self, messages: list[dict], i: int, full: str, keywords: dict) -> int:
         """Where turn i's span may start at the earliest: after the generation prompt when it is a prefix of the

@@ -22,6 +22,7 @@ from sft.family.families import Family
 @dataclass(frozen=True)
 class Turn:
     start: int  # where the supervised span starts
+    answer: int  # where its answer (its text and calls) starts, after any thinking block
     end: int  # where the turn's own text (its reply, or its last call's name) ends
     closing_at: int | None  # a tool-calling turn: the end of its closing token; None: found by the caller
     reasoning_dropped: bool  # the reply has reasoning the template did not write
@@ -55,6 +56,7 @@ def locate_turn(full: str, floor: int, message: dict, number: int, family: Famil
     start = floor
     if block and not written and not supervise_empty_thinking:
         start = _skip_space(full, position)  # the empty block is context, as a thinking-off prompt writes it
+    answer = _skip_space(full, position)
     reply = text_of(message)
     at = full.find(reply, position)  # not before the reasoning, which may repeat the answer's words
     if at < 0:
@@ -71,10 +73,10 @@ def locate_turn(full: str, floor: int, message: dict, number: int, family: Famil
             position = found + len(piece)
     reasoning_dropped = bool(message.get("reasoning")) and not written
     if not calls:
-        return Turn(start, position, None, reasoning_dropped)
+        return Turn(start, answer, position, None, reasoning_dropped)
     closing = (family.tool_call_end or family.closing) if family else None
     end = full.find(closing, position) if closing else -1
     if end < 0:
         raise UserError(f"assistant turn {number} calls tools but its closing token is not known to the family "
                         "table (tool_call_end / closing); cannot tell where the call ends")
-    return Turn(start, position, end + len(closing), reasoning_dropped)
+    return Turn(start, answer, position, end + len(closing), reasoning_dropped)

@@ -12,7 +12,7 @@ from sft.data.arrow_rows import raise_on_errors
 from sft.data.rows import RowError, iter_rows
 from sft.errors import UserError
 from sft.eval.boxes import box_scores
-from sft.eval.generation import generate_replies, max_reply_tokens, reference
+from sft.eval.generation import generate, max_reply_tokens, reference
 from sft.eval.metrics import default_metrics, score
 from sft.family.image_budget import match_model_to_processor
 from sft.labels.labelling import make_collator
@@ -92,15 +92,17 @@ def predict(path: str | Path, data: str | Path, out: str | Path | None = None, b
     model, processing_class, date_string, family = load_for_inference(path)
     collator = make_collator(processing_class, family, date_string=date_string, **thinking_of(path))
     references = [reference(item, collator) for item in items]  # once: a grounding row loads its images
-    max_new_tokens = max_new_tokens or max(max_reply_tokens(collator, references), 32)
-    predictions = generate_replies(model, collator, items, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    max_new_tokens = max_new_tokens or max(max_reply_tokens(collator, references, rows=items), 32)
+    generated = generate(model, collator, items, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    predictions = [g.reply for g in generated]
     boxes, box_rows = box_scores(collator, items, predictions)  # grounding rows: boxes in original pixels, IoU
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w", encoding="utf-8") as handle:
-            for item, prediction, ref, box_row in zip(items, predictions, references, box_rows):
-                handle.write(json.dumps({"row": item["row"], "prediction": prediction, "reference": ref,
-                                         **(box_row or {})}, ensure_ascii=False) + "\n")
+            for item, g, ref, box_row in zip(items, generated, references, box_rows):
+                handle.write(json.dumps({"row": item["row"], "prediction": g.reply, "reference": ref,
+                                         **({"reasoning": g.reasoning} if g.reasoning else {}), **(box_row or {})},
+                                        ensure_ascii=False) + "\n")
     scored = [(p, r) for p, r in zip(predictions, references) if r is not None]
     if metrics:
         why = "given"
