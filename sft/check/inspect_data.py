@@ -17,9 +17,10 @@ from sft.data.sources import Source
 from sft.errors import UserError
 from sft.family.image_budget import dropped_for_images, visual_summary
 from sft.labels.collator import IGNORE_INDEX
-from sft.labels.fit import measure
+from sft.labels.fit import measure, reasoning_note
 from sft.labels.labelling import Labeller
 from sft.labels.packing import pack_rows, packing_mode
+from sft.labels.template_inputs import row_context
 
 GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
 
@@ -88,6 +89,7 @@ def check(recipe: Recipe, collator: Labeller, measured: dict | None = None) -> i
                 continue
             fit = result[1]["fit"]
             counts[fit["status"]] += 1
+            counts["reasoning_rows"] += bool(fit["dropped_reasoning"])
             if recipe.data.datasets:
                 statuses[result[0]["where"]] = fit["status"]
             counts["image_dropped"] += dropped_for_images(fit["status"], fit["length"], fit["image_tokens"], max_length)
@@ -102,7 +104,8 @@ def check(recipe: Recipe, collator: Labeller, measured: dict | None = None) -> i
         print(f"{name} {source.name}: {total} rows, {counts['ok']} ok, {counts['truncated']} prompt-shortened, "
               f"{counts['dropped']} dropped ({counts['dropped'] - image_dropped} text too long for max_length "
               f"{max_length}; {image_dropped} dropped: image tokens, their text alone fits), "
-              f"{errors} bad; {supervised} supervised tokens" + (f"; {visual_summary(visual)}" if visual else ""))
+              f"{errors} bad; {supervised} supervised tokens" + (f"; {visual_summary(visual)}" if visual else "")
+              + reasoning_note(counts["reasoning_rows"]))
         dropped_share = counts["dropped"] / total if total else 0.0
         if errors or total == 0 or dropped_share > recipe.data.max_dropped_fraction:
             failed = True
@@ -137,7 +140,7 @@ def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split
             continue
         row, info = result
         encoded, fit = info["encoded"], info["fit"]
-        if not told_eos and collator.inserts_eos(fit["messages"]):
+        if not told_eos and collator.inserts_eos(fit["messages"], row_context(row)):
             told_eos = True
             print(f"note: the chat template closes an assistant turn with no special token; the tokenizer's EOS "
                   f"{collator.tokenizer.eos_token!r} is inserted right after each reply and supervised",

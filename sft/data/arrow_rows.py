@@ -21,9 +21,11 @@ from sft.errors import UserError
 FEATURES = Features({
     "where": Value("string"),
     "row": Value("int64"),
-    # `reasoning`: a reply's reasoning_content; `tool_calls`: its calls as JSON; `name`: a tool message's function.
+    # `reasoning`: a reply's reasoning_content; `tool_calls`: its calls as JSON; `name`, `tool_call_id`: a tool
+    # message's function and call (sft/data/tools.py).
     "messages": [{"role": Value("string"), "content": [{"type": Value("string"), "text": Value("string")}],
-                  "reasoning": Value("string"), "tool_calls": Value("string"), "name": Value("string")}],
+                  "reasoning": Value("string"), "tool_calls": Value("string"), "name": Value("string"),
+                  "tool_call_id": Value("string")}],
     "stored_images": List(Image(decode=False)),
     "stored_videos": List(Value("string")),  # paths; frames are decoded per batch by the collator (sft/data/video.py)
     "objects": Value("string"),  # a grounding row's boxes as JSON (sft/data/objects.py), else None

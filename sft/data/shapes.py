@@ -93,7 +93,7 @@ def _conversation(turns, name: str, require_reply: bool, tools: list[dict] | Non
             parts = [{"type": "text", "text": _string(message, "content", f"message {number} content",
                                                       empty_ok=empty_ok)}]
         out.append({"role": message["role"], "content": parts, "reasoning": reasoning_of(message, number),
-                    "tool_calls": as_json(calls), "name": None})
+                    "tool_calls": as_json(calls), "name": None, "tool_call_id": None})
     check_tool_turns(out, turns, tools)
     return _checked(out, require_reply)
 

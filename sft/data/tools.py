@@ -6,7 +6,8 @@
   mapping or a JSON string of one (stored as a mapping: every template in the table writes a mapping, not all a
   string); its content may then be empty;
 - a `tool` message: a tool's result, context that is never supervised; its function `name` is its own, else found by
-  its `tool_call_id`, else the call in the same place of the turn before it (Gemma 4's template writes the name);
+  its `tool_call_id`, else the call in the same place of the turn before it (Gemma 4's template writes the name), and
+  its `tool_call_id` likewise (Mistral 3's template writes it);
 - an assistant message's `reasoning_content`: its thinking, written by templates that think (Qwen3.5, Gemma 4);
 - a row's `chat_template_kwargs` (TRL's per-row keywords for the template, e.g. `{"enable_thinking": false}`).
 
@@ -90,13 +91,14 @@ def check_tool_turns(messages: list[dict], raw: list[dict], tools: list[dict] | 
         if message["role"] == "tool":
             if calls is None:
                 raise ValueError(f"message {number} (tool) answers no call: the message before it makes none")
-            by_id = {call.get("id"): call["function"]["name"] for call in calls if call.get("id") is not None}
-            name = given.get("name") or by_id.get(given.get("tool_call_id")) or \
-                (calls[answered]["function"]["name"] if answered < len(calls) else None)
-            if name is None:
+            by_id = {call["id"]: call for call in calls if call.get("id") is not None}
+            answers = by_id.get(given.get("tool_call_id")) or (calls[answered] if answered < len(calls) else None)
+            if answers is None and not given.get("name"):
                 raise ValueError(f"message {number} (tool): {len(calls)} call(s) made, and this is result "
                                  f"{answered + 1}; give it the `name` or `tool_call_id` of its call")
-            message["name"], answered = name, answered + 1
+            message["name"] = given.get("name") or answers["function"]["name"]
+            message["tool_call_id"] = given.get("tool_call_id") or (answers or {}).get("id")
+            answered += 1
             continue
         calls = json.loads(message["tool_calls"]) if message.get("tool_calls") else None
         answered = 0

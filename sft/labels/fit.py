@@ -16,6 +16,7 @@ from sft.family.image_budget import dropped_for_images, visual_summary, visual_t
 from sft.labels.cache_key import measured_key
 from sft.labels.collator import located
 from sft.labels.labelling import Labeller
+from sft.labels.template_inputs import has_reasoning, row_context
 from sft.labels.video_batch import split_visuals
 
 
@@ -66,7 +67,15 @@ def measure(example: dict, collator: Labeller, max_length: int | None, mode: str
         "row_ids": encoded.input_ids if encoded.tokens_only else [],
         "row_labels": encoded.labels if encoded.tokens_only else [],
         "prompt_tokens": encoded.prompt_tokens, "supervised_tokens": encoded.supervised_tokens,
+        "dropped_reasoning": dropped_reasoning(collator, example),
     }
+
+
+def dropped_reasoning(collator: Labeller, example: dict) -> int:
+    """Replies of the row whose reasoning its template does not write (Qwen3.x: before the last user query)."""
+    if not collator.needs_chat_template or not has_reasoning(collator.replies.prepared(example["messages"])):
+        return 0
+    return collator.replies.rendering(example["messages"], row_context(example)).dropped_reasoning
 
 
 @dataclass
@@ -78,6 +87,7 @@ class FitReport:
     image_dropped: int = 0  # of the dropped rows, those whose text alone fits ("dropped: image tokens")
     visual: str = ""  # the image rows' visual token counts (sft.family.image_budget.visual_summary)
     from_cache: bool = False  # measured by an earlier command with the same key (sft/labels/cache_key.py)
+    reasoning_rows: int = 0  # rows with a reply whose reasoning the template does not write
 
     @property
     def total(self) -> int:
@@ -98,7 +108,12 @@ class FitReport:
         return (f"{self.name}: {self.total} rows, {c['ok']} kept, {c['truncated']} prompt-shortened, "
                 f"{c['dropped']} dropped ({c['dropped'] - self.image_dropped} text too long for max_length; "
                 f"{self.image_dropped} dropped: image tokens, their text alone fits)"
-                + (f"; {self.visual}" if self.visual else ""))
+                + (f"; {self.visual}" if self.visual else "") + reasoning_note(self.reasoning_rows))
+
+
+def reasoning_note(rows: int) -> str:
+    return (f"; {rows} row(s) with reasoning the chat template does not write (replies before the last user turn: "
+            "those replies train without it)") if rows else ""
 
 
 def read_from_cache(measured: Dataset, started: float) -> bool:
@@ -118,13 +133,16 @@ def fit_to_length(dataset: Dataset, collator: Labeller, max_length: int | None, 
         new_fingerprint=fingerprint, desc=f"measuring {name} rows",
     )
     # Counted a batch at a time: the columns of 200k rows as Python lists would cost tens of MiB (make bench row 4).
-    counts, image_dropped, visual = Counter(), 0, []
-    for batch in measured.select_columns(["status", "length", "image_tokens", "image_count"]).iter(batch_size=10_000):
+    counts, image_dropped, visual, reasoning_rows = Counter(), 0, [], 0
+    columns = ["status", "length", "image_tokens", "image_count", "dropped_reasoning"]
+    for batch in measured.select_columns(columns).iter(batch_size=10_000):
         counts.update(batch["status"])
+        reasoning_rows += sum(1 for dropped in batch["dropped_reasoning"] if dropped)
         image_dropped += sum(dropped_for_images(*fit, max_length)
                              for fit in zip(batch["status"], batch["length"], batch["image_tokens"]))
         visual += [tokens for tokens, count in zip(batch["image_tokens"], batch["image_count"]) if count]
-    report = FitReport(name, counts, image_dropped, visual_summary(visual), read_from_cache(measured, started))
+    report = FitReport(name, counts, image_dropped, visual_summary(visual), read_from_cache(measured, started),
+                       reasoning_rows)
     kept = measured.filter(lambda status: status != "dropped", input_columns="status",
                            new_fingerprint=fingerprint + "-kept")
     return kept, report

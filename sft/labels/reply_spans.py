@@ -56,15 +56,19 @@ class ReplySpans:
         # Thinking: the recipe's enable_thinking (None: the template's default) and whether the empty thinking block a
         # thinking template writes before a reply without reasoning is learnt (docs/thinking-and-tools.md).
         self.reads_thinking = "enable_thinking" in str(template or "")
+        self.writes_tools = "tool_calls" in str(template or "")
         self.enable_thinking, self.supervise_empty_thinking = enable_thinking, supervise_empty_thinking
         if enable_thinking is not None and not self.reads_thinking:
             raise UserError("enable_thinking is set but the chat template never reads it; remove it from the recipe")
 
-    def template_messages(self, messages: list[dict]) -> list[dict]:
-        """Messages in the form the chat template expects: typed parts for a processor, strings for a tokenizer."""
+    def template_messages(self, messages: list[dict], with_tools: bool = False) -> list[dict]:
+        """Messages in the form the chat template expects: typed parts for a processor, strings for a tokenizer.
+        A row with tools gets its text-only messages as strings: Llama 4's template writes the first user turn into
+        its tools block with `content|trim`, which would print a list of parts as Python text."""
         if self.is_processor:
-            return [template_message(m, [{"type": p["type"]} if p["type"] in ("image", "video") else p
-                                         for p in parts_of(m["content"])]) for m in messages]
+            return [template_message(m, text_of(m) if with_tools and image_count([m]) + image_count([m], "video") == 0
+                                     else [{"type": p["type"]} if p["type"] in ("image", "video") else p
+                                           for p in parts_of(m["content"])]) for m in messages]
         for kind in ("image", "video"):
             if image_count(messages, kind):
                 raise UserError(f"the row has {kind}s but the model is a text model")
@@ -79,7 +83,8 @@ class ReplySpans:
         keywords = self.keywords(messages) if keywords is None else keywords
         try:
             return self.processing_class.apply_chat_template(
-                self.template_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt,
+                self.template_messages(messages, "tools" in keywords), tokenize=False,
+                add_generation_prompt=add_generation_prompt,
                 **keywords,
             )
         except (jinja2.TemplateError, ValueError) as exc:  # Llama 3.2 Vision: "images are incompatible with system
@@ -131,7 +136,14 @@ class ReplySpans:
         messages = self.prepared(messages)
         self.refuse_special_text(messages, self.toolkit_tokens)
         keywords = self.keywords(messages, context)
+        if not self.writes_tools and any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+            raise UserError("the chat template writes no tool calls (it never reads tool_calls); this model takes no "
+                            "tool-calling rows")
         full = self.render(messages, keywords=keywords)
+        written = full.count(self.image_token) if self.image_token else None
+        if written is not None and written < image_count(messages):  # Llama 4 with tools writes its first turn as text
+            raise UserError(f"the chat template writes {written} of the row's {image_count(messages)} image(s) (with "
+                            "this row's tools or roles it drops them); move the images to a turn it writes them in")
         located, insert_at, dropped, answers = [], [], 0, []
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant") if \
             any(m["role"] == "assistant" for m in messages) else -1

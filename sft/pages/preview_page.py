@@ -15,6 +15,7 @@ from sft.config.recipe import Recipe
 from sft.data.rows import RowError
 from sft.family.image_budget import dropped_for_images
 from sft.labels.labelling import Labeller
+from sft.labels.template_inputs import row_context
 from sft.pages.html_page import render_page, write_page
 from sft.pages.svg_charts import histogram
 from sft.pages.thumbnails import row_pictures, thumbnails, with_boxes
@@ -40,9 +41,10 @@ def template_source(recipe: Recipe, collator: Labeller) -> dict:
     return {"where": where, "text": text if isinstance(text, str) else str(text)}
 
 
-def closing_token(collator: Labeller, messages: list[dict] | None) -> str:
-    """What closes each supervised reply, as the label contract places it."""
-    if messages is not None and collator.inserts_eos(messages):
+def closing_token(collator: Labeller, first: tuple[list[dict], dict] | None) -> str:
+    """What closes each supervised reply, as the label contract places it (`first`: the first row's messages and
+    template context)."""
+    if first is not None and collator.inserts_eos(*first):
         return (f"{collator.tokenizer.eos_token} (the tokenizer's EOS, inserted after each reply: the template "
                 "closes the turn with no special token)")
     if not getattr(collator, "needs_chat_template", True):
@@ -94,7 +96,7 @@ def preview_page(recipe: Recipe, collator: Labeller, limit: int | None = None, s
             fit = info["fit"]
             if recipe.data.datasets:  # each row's fit, for the mixture's counts
                 statuses[row["where"]] = fit["status"]
-            first_messages = first_messages or fit["messages"]
+            first_messages = first_messages or (fit["messages"], row_context(row))
             counts[fit["status"]] += 1
             counts["supervised"] += fit["supervised_tokens"]
             lengths.append(fit["length"])

@@ -28,7 +28,7 @@ from sft.data.messages import text_of
 from sft.family.families import Family, family_named
 from sft.model import tiny
 from tests.conftest import CHAT_TEMPLATES
-from tests.families import misc, paligemma, phi4, qwen
+from tests.families import misc, paligemma, phi4, qwen, thinking
 from tests.families.build import TinySpec, build_from
 from tests.families.rows import SHAPES
 
@@ -52,6 +52,13 @@ class Case:
     two_image_turns_refused: str | None = None  # regex of the one-line refusal of images in two turns
     round_trip: bool = False  # an 8-bit run exported, merged and predicted (tests/families/round_trip.py)
     videos: bool = True  # False: the table entry takes video, this checkpoint's processor does not (SmolVLM v1)
+    # Thinking and tools (tests/families/thinking.py; tests/test_thinking_and_tools.py): how the template writes a
+    # reply's reasoning before its answer ("{reasoning}" stands for it; None: refused, the template has no thinking),
+    # before a call turn's calls (default: as `thinks`), and a call turn's calls (None: refused, it writes no calls).
+    thinks: str | None = None
+    call_thinks: str | None = None
+    calls: Callable[[list[dict]], str] | None = None
+    tool_images: bool = True  # False: given tools, its template writes the first user turn as text (images refused)
 
     @property
     def vision(self) -> bool:
@@ -100,20 +107,23 @@ CASES = (
     Case("qwen2_vl", family_named("qwen2_vl"), from_spec(qwen.SPECS["qwen2_vl"]), "trl_qwen2_5_vl.jinja"),
     Case("qwen2_5_vl", family_named("qwen2_5_vl"), from_spec(qwen.SPECS["qwen2_5_vl"]), "trl_qwen2_5_vl.jinja",
          round_trip=True),
-    Case("qwen3_vl", family_named("qwen3_vl"), from_spec(qwen.SPECS["qwen3_vl"]), "trl_qwen3_vl.jinja"),
+    Case("qwen3_vl", family_named("qwen3_vl"), from_spec(qwen.SPECS["qwen3_vl"]), "trl_qwen3_vl.jinja",
+         calls=thinking.qwen3_vl_calls),
     # Thinking on: the generation prompt ends `<think>\n`, so the last reply's span starts with "\n</think>\n\n".
     Case("qwen3_5_think", family_named("qwen3_5"), from_spec(qwen.SPECS["qwen3_5"]), "trl_qwen3_5_think.jinja",
-         thinking="\n</think>\n\n"),
-    Case("qwen3_5_nothink", family_named("qwen3_5"), from_spec(qwen.SPECS["qwen3_5"]), "trl_qwen3_5_nothink.jinja"),
+         thinking="\n</think>\n\n", thinks=thinking.QWEN3_5_THINKS, calls=thinking.qwen3_5_calls),
+    Case("qwen3_5_nothink", family_named("qwen3_5"), from_spec(qwen.SPECS["qwen3_5"]), "trl_qwen3_5_nothink.jinja",
+         thinks=thinking.QWEN3_5_THINKS, calls=thinking.qwen3_5_calls),
     Case("internvl", family_named("internvl3"), from_spec(misc.SPECS["internvl"]),
          "transformers_internvl_convert_chat_template.jinja"),
     # Mistral 3's template writes its ~1,700-character default system prompt into a row without a system turn; in a
     # 2-layer random model that drowns the 4 image tokens (measured: one element named for both, accuracy 0.50), and
     # docs/families.md advises a system turn for Mistral 3 anyway (the default prompt carries today's date).
     Case("mistral3", family_named("mistral3"), from_spec(misc.SPECS["mistral3"]),
-         "llamacpp_mistralai-Mistral-Small-3.1-24B-Instruct-2503.jinja", system="Name the element."),
+         "llamacpp_mistralai-Mistral-Small-3.1-24B-Instruct-2503.jinja", system="Name the element.",
+         calls=thinking.mistral3_calls),
     Case("llama4", family_named("llama4"), from_spec(misc.SPECS["llama4"]),
-         "transformers_llama4_processing_chat_template.jinja"),
+         "transformers_llama4_processing_chat_template.jinja", calls=thinking.llama4_calls, tool_images=False),
     Case("gemma3", family_named("gemma3"), from_spec(misc.SPECS["gemma3"]), "trl_gemma3.jinja", round_trip=True),
     # LLaVA-1.5 writes "ASSISTANT:" as the generation prompt and "ASSISTANT: reply" with nothing after it.
     Case("llava", family_named("llava"), from_spec(misc.SPECS["llava"]), "llava_1_5_hub_chat_template.jinja",
@@ -129,8 +139,9 @@ CASES = (
          two_image_turns_refused=r"the processor expands the images before a later one differently .* put the "
                                  r"row's images in its first user turn$"),
     # Its generation prompt adds an empty thought block that training rows lack.
+    # It writes reasoning only beside tool calls, and a call, the tool's response and the answer in one model turn.
     Case("gemma4", family_named("gemma4"), from_spec(misc.SPECS["gemma4"]), "axolotl_gemma4.jinja",
-         prompt_extra="<|channel>thought\n<channel|>"),
+         prompt_extra="<|channel>thought\n<channel|>", call_thinks=thinking.GEMMA4_THINKS, calls=thinking.gemma4_calls),
     # No chat template: one prompt with its image(s), one answer (its processor's prefix/suffix call).
     Case("paligemma", family_named("paligemma"), from_spec(paligemma.SPEC), images=(True,),
          shapes=("instruction", "prompt_completion"),
