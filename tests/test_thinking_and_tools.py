@@ -4,6 +4,9 @@ what each template writes; tests/families/registry.py says which case thinks and
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
 from sft.data.rows import RowError, iter_rows
@@ -12,7 +15,8 @@ from sft.eval.generation import reference, split_reasoning
 from sft.labels.labelling import make_collator
 from sft.labels.template_inputs import row_context
 from tests.conftest import write_image, write_jsonl
-from tests.families.registry import BY_NAME, CASES, NO_TEMPLATES, Case, cases
+from tests.families import qwen
+from tests.families.registry import BY_NAME, CASES, NO_TEMPLATES, Case, build, cases, from_spec
 from tests.families.rows import supervised_text
 
 TOOLS = [{"type": "function", "function": {"name": name, "description": f"the {what} of a city",
@@ -210,3 +214,78 @@ def test_generation_splits_reasoning_from_the_answer_and_a_call_row_is_scored_on
 
 def thinking_calls(case: Case) -> str:
     return case.calls([call("get_weather", "Paris", 1)])
+
+
+# ---- tiny models learn them ---------------------------------------------------------------------------------------
+def train_rows(case: Case, model_dir, root, train_rows: list[dict], eval_rows: list[dict], epochs: int,
+               max_length: int = 1024, learning_rate: float = 5e-3) -> dict:
+    """A LoRA run of `model_dir` on the rows, scored by generation on `eval_rows` (exact match on the answer)."""
+    from sft.config.recipe import load_recipe
+    from sft.run.train import main as train
+    from tests.conftest import write_recipe
+
+    recipe = write_recipe(root / "recipe.yaml", model_name_or_path=str(model_dir),
+                          train_file=str(write_jsonl(root / "train.jsonl", train_rows)),
+                          eval_file=str(write_jsonl(root / "val.jsonl", eval_rows)), output_dir=str(root / "run"),
+                          max_length=max_length, num_train_epochs=epochs, per_device_train_batch_size=4,
+                          per_device_eval_batch_size=4, learning_rate=learning_rate, gradient_checkpointing=False,
+                          eval_strategy="no", logging_steps=4, seed=0)
+    return train(load_recipe(recipe))
+
+
+def predictions(root) -> list[dict]:
+    (path,) = sorted((root / "run" / "eval_predictions").glob("*.jsonl"))
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@NO_TEMPLATES
+def test_a_tiny_thinking_model_learns_to_reason_then_answer(family_models, tmp_path):
+    """Qwen3.5 (thinking on): each image row thinks one sentence about the colour, then names the element."""
+    from tests.test_training import ELEMENTS
+
+    case = BY_NAME["qwen3_5_think"]
+    thoughts = {"water": "The picture is blue.", "fire": "The picture is red."}
+    rows = []
+    for index in range(12):
+        label = list(ELEMENTS)[index % 2]
+        write_image(tmp_path / f"{label}.png", ELEMENTS[label])
+        rows.append({"images": [f"{label}.png"], "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What element is shown?"}]},
+            {"role": "assistant", "content": label, "reasoning_content": thoughts[label]}]})
+    metrics = train_rows(case, family_models.folder(case), tmp_path, rows[:8], rows[8:], epochs=16)
+    assert metrics["eval_accuracy"] >= 0.9
+    for record in predictions(tmp_path):  # the answer is scored; the reasoning is kept beside it
+        assert record["reasoning"] == thoughts[record["prediction"]]
+
+
+@NO_TEMPLATES
+def test_a_tiny_model_learns_to_call_the_right_function_with_the_right_argument(family_models, tmp_path):
+    """Qwen3-VL: a question about a city's weather or time → the matching call with that city; scored on the call.
+    Its tokenizer has learnt merges from calls and the tools block, as a real one has (with the tiny corpus's ~130
+    merges a ~1,000-character tools block and each call are mostly single bytes, and a 2-layer model trained for a
+    minute names the wrong function)."""
+    case = BY_NAME["qwen3_vl"]
+    asks = [("weather", "get_weather"), ("time", "get_time")]
+    rows = [{"tools": TOOLS, "messages": [
+        {"role": "user", "content": f"What is the {what} in {city}?"},
+        {"role": "assistant", "content": "", "tool_calls": [call(name, city, 1)]}]}
+        for what, name in asks for city in ("Paris", "Tokyo")]
+    # The template's tools block is ~1,700 characters, and the tiny tokenizer has few merges: rows are ~2,000 tokens.
+    spec = replace(qwen.SPECS["qwen3_vl"], vocab_size=1200, extra_lines=tuple(
+        render_lines(case, rows)) * 20)
+    model_dir = build(replace(case, build=from_spec(spec)), tmp_path / "model")
+    metrics = train_rows(case, model_dir, tmp_path, rows * 3, rows, epochs=24, max_length=2048)
+    assert metrics["eval_accuracy"] >= 0.9
+    written = {record["reference"] for record in predictions(tmp_path)}
+    assert written == {case.calls([call(name, city, 1)]) for _, name in asks for city in ("Paris", "Tokyo")}
+
+
+def render_lines(case: Case, rows: list[dict]) -> list[str]:
+    """The lines the template writes for `rows` (read back through the real template with the case's tokenizer)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()))
+    tokenizer.chat_template = case.chat_template()
+    return [line for row in rows for line in tokenizer.apply_chat_template(
+        row["messages"], tools=row["tools"], tokenize=False).splitlines() if line]

@@ -43,13 +43,15 @@ class TinySpec:
     processor: Callable  # (tok, chat template text or None) -> the real processor class
     added: tuple[str, ...] = ()  # added tokens that are not special (Qwen's <think>, <tool_call>, ...)
     prepare: Callable = field(default=lambda model: None)  # model -> None: a weight a checkpoint would overwrite
+    extra_lines: tuple[str, ...] = ()  # more tokenizer training text (its merges), and the vocabulary size
+    vocab_size: int = 400
 
 
 def tiny_tokenizer(specials: list[str], roles: dict, added: tuple[str, ...] = (),
-                   extra_lines: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+                   extra_lines: tuple[str, ...] = (), vocab_size: int = 400) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on sft.model.tiny's corpus (plus `extra_lines`) with `specials`, their roles and
     `added`."""
-    trained = build_tokenizer(specials, extra_lines=extra_lines)
+    trained = build_tokenizer(specials, vocab_size, extra_lines=extra_lines)
     tok = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, **roles)
     tok.add_tokens([AddedToken(token, special=False, normalized=False) for token in added])
     return tok
@@ -57,7 +59,7 @@ def tiny_tokenizer(specials: list[str], roles: dict, added: tuple[str, ...] = ()
 
 def build_from(spec: TinySpec, out, template: str | None) -> None:
     """Write `spec`'s tiny model and processor (with chat template `template`) to `out`."""
-    tok = tiny_tokenizer(spec.specials, spec.roles, spec.added)
+    tok = tiny_tokenizer(spec.specials, spec.roles, spec.added, spec.extra_lines, spec.vocab_size)
     config = spec.config(tok)
     model = model_class_for(config).from_config(config)
     spec.prepare(model)
