@@ -289,3 +289,23 @@ def render_lines(case: Case, rows: list[dict]) -> list[str]:
     tokenizer.chat_template = case.chat_template()
     return [line for row in rows for line in tokenizer.apply_chat_template(
         row["messages"], tools=row["tools"], tokenize=False).splitlines() if line]
+
+
+@NO_TEMPLATES
+def test_check_counts_the_rows_whose_reasoning_the_template_does_not_write(family_models, tmp_path, capsys):
+    from sft.cli import main
+    from tests.conftest import write_recipe
+
+    case = BY_NAME["qwen3_5_think"]
+    earlier = {"messages": [{"role": "user", "content": "q1"},
+                            {"role": "assistant", "content": "a1", "reasoning_content": "r1"},
+                            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]}
+    last = {"messages": [{"role": "user", "content": "q"},
+                         {"role": "assistant", "content": "a", "reasoning_content": "r"}]}
+    path = write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(family_models.folder(case)),
+                        train_file=str(write_jsonl(tmp_path / "train.jsonl", [earlier, last, earlier])),
+                        max_length=256, output_dir=str(tmp_path / "run"))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 rows, 3 ok" in out
+    assert "; 2 row(s) with reasoning the chat template does not write (replies before the last user turn" in out
