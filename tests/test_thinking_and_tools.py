@@ -309,3 +309,20 @@ def test_check_counts_the_rows_whose_reasoning_the_template_does_not_write(famil
     out = capsys.readouterr().out
     assert "3 rows, 3 ok" in out
     assert "; 2 row(s) with reasoning the chat template does not write (replies before the last user turn" in out
+
+
+@NO_TEMPLATES
+@pytest.mark.parametrize("case", cases(case for case in TEMPLATED if case.calls and case.vision))
+def test_a_tool_result_with_an_image_is_context_where_the_template_writes_it(family_models, tmp_path, case):
+    processor, _ = family_models.load(case)
+    row = tool_row(1, False)
+    row["messages"][2]["content"] = [{"type": "image"}, {"type": "text", "text": "a map of Paris"}]
+    item = stored(tmp_path, row, images=1)
+    if not case.tool_result_images:
+        with pytest.raises(UserError, match=r"the chat template writes 0 of the row's 1 image\(s\)"):
+            supervised(case, processor, item)
+        return
+    made = row["messages"][1]["tool_calls"]
+    call_end = case.family.tool_call_end or case.family.closing
+    assert supervised(case, processor, item) == (case.thinking + case.calls(made) + call_end + case.thinking
+                                                 + "Sunny at noon." + case.family.closing)

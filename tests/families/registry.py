@@ -59,6 +59,7 @@ class Case:
     call_thinks: str | None = None
     calls: Callable[[list[dict]], str] | None = None
     tool_images: bool = True  # False: given tools, its template writes the first user turn as text (images refused)
+    tool_result_images: bool = True  # False: its template writes a tool result's content as text (images refused)
 
     @property
     def vision(self) -> bool:
@@ -121,9 +122,10 @@ CASES = (
     # docs/families.md advises a system turn for Mistral 3 anyway (the default prompt carries today's date).
     Case("mistral3", family_named("mistral3"), from_spec(misc.SPECS["mistral3"]),
          "llamacpp_mistralai-Mistral-Small-3.1-24B-Instruct-2503.jinja", system="Name the element.",
-         calls=thinking.mistral3_calls),
+         calls=thinking.mistral3_calls, tool_result_images=False),
     Case("llama4", family_named("llama4"), from_spec(misc.SPECS["llama4"]),
-         "transformers_llama4_processing_chat_template.jinja", calls=thinking.llama4_calls, tool_images=False),
+         "transformers_llama4_processing_chat_template.jinja", calls=thinking.llama4_calls, tool_images=False,
+         tool_result_images=False),
     Case("gemma3", family_named("gemma3"), from_spec(misc.SPECS["gemma3"]), "trl_gemma3.jinja", round_trip=True),
     # LLaVA-1.5 writes "ASSISTANT:" as the generation prompt and "ASSISTANT: reply" with nothing after it.
     Case("llava", family_named("llava"), from_spec(misc.SPECS["llava"]), "llava_1_5_hub_chat_template.jinja",
