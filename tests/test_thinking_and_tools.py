@@ -326,3 +326,52 @@ def test_a_tool_result_with_an_image_is_context_where_the_template_writes_it(fam
     call_end = case.family.tool_call_end or case.family.closing
     assert supervised(case, processor, item) == (case.thinking + case.calls(made) + call_end + case.thinking
                                                  + "Sunny at noon." + case.family.closing)
+
+
+@NO_TEMPLATES
+def test_the_data_page_colours_reasoning_calls_and_tool_results_apart(family_models, tmp_path):
+    """`sft preview --html` on a Qwen3.5 tool row with reasoning, read back from a real Chromium."""
+    from sft.cli import main
+    from tests.browser import Browser, find_chromium
+    from tests.conftest import write_recipe
+
+    case = BY_NAME["qwen3_5_think"]
+    row = tool_row(1, False)
+    row["messages"][1]["reasoning_content"] = "The weather tool knows."
+    path = write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(family_models.folder(case)),
+                        train_file=str(write_jsonl(tmp_path / "train.jsonl", [row])), max_length=4096,
+                        output_dir=str(tmp_path / "run"))
+    assert main(["preview", str(path), "--html", str(tmp_path / "page.html")]) == 0
+    browser = Browser(find_chromium())
+    try:
+        browser.open((tmp_path / "page.html").as_uri())
+        texts = "kind => Array.from(document.querySelectorAll('article.row ' + kind), m => m.textContent).join('|')"
+        shown = {kind: browser.evaluate(f"({texts})({json.dumps(kind)})")
+                 for kind in ("mark.sup.reasoning", "mark.sup.call", ".ctx.tool_result")}
+        legend = browser.evaluate("document.querySelector('td.kinds').textContent")
+        assert browser.console_errors() == []
+    finally:
+        browser.close()
+    assert shown == {"mark.sup.reasoning": "The weather tool knows.\n</think>\n\n|\n</think>\n\n",
+                     "mark.sup.call": case.calls(row["messages"][1]["tool_calls"]), ".ctx.tool_result": "sunny"}
+    assert "tool result (context, never supervised)" in legend
+
+
+@NO_TEMPLATES
+def test_the_terminal_preview_colours_reasoning_calls_and_tool_results(family_models, tmp_path, capsys):
+    from sft.check.inspect_data import KIND_COLOURS, preview
+    from sft.config.recipe import load_recipe
+    from sft.model.processing import open_processing
+    from tests.conftest import write_recipe
+
+    case = BY_NAME["qwen3_5_think"]
+    row = tool_row(1, False)
+    row["messages"][1]["reasoning_content"] = "The weather tool knows."
+    recipe = load_recipe(write_recipe(tmp_path / "recipe.yaml", model_name_or_path=str(family_models.folder(case)),
+                                      train_file=str(write_jsonl(tmp_path / "train.jsonl", [row])), max_length=4096,
+                                      output_dir=str(tmp_path / "run")))
+    assert preview(recipe, open_processing(recipe).collator, limit=1, as_json=False, colour=True) == 0
+    out = capsys.readouterr().out
+    for kind, text in (("reasoning", "weather tool"), ("call", "get_weather"), ("tool_result", "sunny")):
+        coloured = "".join(piece.split("\033[0m")[0] for piece in out.split(KIND_COLOURS[kind])[1:])
+        assert text in coloured, kind

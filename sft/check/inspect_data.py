@@ -21,8 +21,10 @@ from sft.labels.fit import measure, reasoning_note
 from sft.labels.labelling import Labeller
 from sft.labels.packing import pack_rows, packing_mode
 from sft.labels.template_inputs import row_context
+from sft.labels.token_labels import token_kinds
 
 GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
+KIND_COLOURS = {"reasoning": "\033[35m", "call": "\033[33m", "tool_result": "\033[36m"}
 
 
 def inspect_rows(recipe: Recipe, collator: Labeller, source: Source | str, limit: int | None = None,
@@ -116,12 +118,21 @@ def check(recipe: Recipe, collator: Labeller, measured: dict | None = None) -> i
     return 1 if failed else 0
 
 
-def _coloured(collator: Labeller, ids: list[int], labels: list[int]) -> str:
+def _coloured(collator: Labeller, ids: list[int], labels: list[int], kinds: list[str | None]) -> str:
+    """Supervised tokens green (reasoning magenta, tool calls yellow), tool results cyan, the rest dim."""
     pieces = []
-    for token, label in zip(ids, labels):
-        text = collator.tokenizer.decode([token])
-        pieces.append(f"{GREEN}{text}{RESET}" if label != IGNORE_INDEX else f"{DIM}{text}{RESET}")
+    for token, label, kind in zip(ids, labels, kinds):
+        colour = KIND_COLOURS.get(kind) or (GREEN if label != IGNORE_INDEX else DIM)
+        pieces.append(f"{colour}{collator.tokenizer.decode([token])}{RESET}")
     return "".join(pieces)
+
+
+def kinds_of(collator: Labeller, row: dict, messages: list[dict], ids: list[int]) -> list[str | None]:
+    """Each token's kind: reasoning, tool call or tool result (sft/labels/token_labels.py token_kinds)."""
+    if not collator.needs_chat_template:
+        return [None] * len(ids)
+    rendering = collator.replies.rendering(messages, row_context(row))
+    return token_kinds(collator.tokenizer, rendering.full, ids, rendering.segments)
 
 
 def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split: str = "train",
@@ -163,7 +174,8 @@ def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split
                                                                   f"{fit['image_tokens']} visual tokens"
                                                                   if fit["video_frames"] else ""))
             if colour:
-                print(_coloured(collator, encoded.input_ids, encoded.labels))
+                print(_coloured(collator, encoded.input_ids, encoded.labels,
+                                kinds_of(collator, row, fit["messages"], encoded.input_ids)))
             else:
                 print(f"supervised: {record['supervised_text']!r}")
     if packing_mode(recipe.training) and kept:

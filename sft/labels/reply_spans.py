@@ -7,7 +7,7 @@ The model's own chat template renders the row; a reply's supervised span is foun
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jinja2
 from transformers import ProcessorMixin
@@ -28,6 +28,9 @@ class Rendering:
     spans: list[tuple[int, int]]
     answers: list[tuple[int, int]]
     dropped_reasoning: int
+    # (start, end, kind) of what pages colour apart: "reasoning" (a thinking block), "call" (a turn's tool calls),
+    # "tool_result" (a tool message's text: context)
+    segments: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 class ReplySpans:
@@ -147,7 +150,13 @@ class ReplySpans:
         located, insert_at, dropped, answers = [], [], 0, []
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant") if \
             any(m["role"] == "assistant" for m in messages) else -1
+        segments, cursor = [], 0
         for i, message in enumerate(messages):
+            if message["role"] == "tool" and text_of(message):  # a tool's result: context, shown apart
+                at = full.find(text_of(message), cursor)
+                if at >= 0:
+                    segments.append((at, at + len(text_of(message)), "tool_result"))
+                    cursor = at + len(text_of(message))
             if message["role"] != "assistant":
                 continue
             if i == 0:
@@ -162,6 +171,9 @@ class ReplySpans:
             closed = turn.closing_at - len(self.family.tool_call_end or self.family.closing) \
                 if turn.closing_at is not None else turn.end
             answers.append((turn.answer, closed))
+            segments += [(*turn.thinking, "reasoning")] if turn.thinking else []
+            segments += [(*turn.calls, "call")] if turn.calls else []
+            cursor = max(cursor, closed)
             if turn.closing_at is not None:  # a tool-calling turn, closed where the family's table says
                 located.append((turn.start, turn.closing_at, ""))
                 continue
@@ -183,7 +195,8 @@ class ReplySpans:
             shift += len(inserted)
         for position in reversed(insert_at):
             full = full[:position] + self.tokenizer.eos_token + full[position:]
-        return Rendering(full, spans, shifted, dropped)
+        moved = lambda p: p + len(self.tokenizer.eos_token or "") * sum(q < p for q in insert_at)  # noqa: E731
+        return Rendering(full, spans, shifted, dropped, [(moved(a), moved(b), kind) for a, b, kind in segments])
 
     def _reply_floor(self, messages: list[dict], i: int, full: str, keywords: dict) -> int:
         """Where turn i's span may start at the earliest: after the generation prompt when it is a prefix of the

@@ -124,3 +124,20 @@ class TokenLabels:
         # No token precedes the first, so no loss reads its label unpacked; packed, it would be learnt from the row
         # before it (TRL's padding-free collator masks it too, trl 1.16.0 DataCollatorForLanguageModeling).
         return [IGNORE_INDEX, *labels[1:]] if labels else labels
+
+
+def token_kinds(tokenizer, text: str, ids: list[int], segments: list[tuple[int, int, str]]) -> list[str | None]:
+    """Each token's kind (`reasoning`, `call`, `tool_result`, or None) from the rendering's character segments
+    (sft/labels/reply_spans.py Rendering): the row's tokens aligned with the tokens of the template's text, as
+    `conversation_labels` aligns them (an image's expansion matches nothing and has no kind); for the pages and
+    `sft preview`, which colour them apart."""
+    kinds: list[str | None] = [None] * len(ids)
+    if not segments:
+        return kinds
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    for block in SequenceMatcher(None, encoded["input_ids"], ids, autojunk=False).get_matching_blocks():
+        for k in range(block.size):
+            start = offsets[block.a + k][0]
+            kinds[block.b + k] = next((kind for a, b, kind in segments if a <= start < b), None)
+    return kinds

@@ -26,6 +26,8 @@ class Turn:
     end: int  # where the turn's own text (its reply, or its last call's name) ends
     closing_at: int | None  # a tool-calling turn: the end of its closing token; None: found by the caller
     reasoning_dropped: bool  # the reply has reasoning the template did not write
+    thinking: tuple[int, int] | None = None  # where its thinking block lies (reasoning or an empty block)
+    calls: tuple[int, int] | None = None  # where its calls lie (a tool-calling turn), its closing token left out
 
 
 def _skip_space(text: str, position: int) -> int:
@@ -61,7 +63,7 @@ def locate_turn(full: str, floor: int, message: dict, number: int, family: Famil
     at = full.find(reply, position)  # not before the reasoning, which may repeat the answer's words
     if at < 0:
         raise UserError(f"the chat template does not write assistant turn {number} verbatim")
-    position = at + len(reply)
+    position = reply_end = at + len(reply)
     calls = json.loads(message["tool_calls"]) if message.get("tool_calls") else []
     for call in calls:
         function = call["function"]
@@ -72,11 +74,13 @@ def locate_turn(full: str, floor: int, message: dict, number: int, family: Famil
                                 f"turn {number} (its {piece!r} is missing); does it take tools?")
             position = found + len(piece)
     reasoning_dropped = bool(message.get("reasoning")) and not written
+    thinking = (floor, answer) if block or written else None
     if not calls:
-        return Turn(start, answer, position, None, reasoning_dropped)
+        return Turn(start, answer, position, None, reasoning_dropped, thinking)
     closing = (family.tool_call_end or family.closing) if family else None
     end = full.find(closing, position) if closing else -1
     if end < 0:
         raise UserError(f"assistant turn {number} calls tools but its closing token is not known to the family "
                         "table (tool_call_end / closing); cannot tell where the call ends")
-    return Turn(start, answer, position, end + len(closing), reasoning_dropped)
+    return Turn(start, answer, position, end + len(closing), reasoning_dropped, thinking,
+                (_skip_space(full, reply_end), end))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from sft.check.inspect_data import inspect_rows, mixture_lines, sources_of_split
+from sft.check.inspect_data import inspect_rows, kinds_of, mixture_lines, sources_of_split
 from sft.config.recipe import Recipe
 from sft.data.rows import RowError
 from sft.family.image_budget import dropped_for_images
@@ -76,7 +76,8 @@ def row_view(collator: Labeller, row: dict, fit: dict, encoded, reason: str | No
             "length": len(encoded.input_ids), "prompt_tokens": encoded.prompt_tokens,
             "supervised_tokens": encoded.supervised_tokens, "spans": len(supervised_runs(encoded.labels)),
             "pictures": boxed_thumbnails(collator, row),
-            "runs": token_runs(collator.tokenizer, encoded.input_ids, encoded.labels)}
+            "runs": token_runs(collator.tokenizer, encoded.input_ids, encoded.labels,
+                               kinds_of(collator, row, fit["messages"], encoded.input_ids))}
 
 
 def preview_page(recipe: Recipe, collator: Labeller, limit: int | None = None, split: str = "train") -> dict:
@@ -112,7 +113,8 @@ def preview_page(recipe: Recipe, collator: Labeller, limit: int | None = None, s
             "completion_only_loss": collator.completion_only_loss, "max_length": max_length,
             "counts": counts, "reasons": [(reason, n) for reason, n in reasons.most_common() if reason],
             "errors": errors[:MAX_ERRORS_SHOWN], "more_errors": max(0, len(errors) - MAX_ERRORS_SHOWN),
-            "histogram": histogram(lengths, max_length), "rows": rows, "page_rows": PAGE_ROWS}
+            "histogram": histogram(lengths, max_length), "rows": rows, "page_rows": PAGE_ROWS,
+            "kinds": sorted({run["kind"] for r in rows for run in r["runs"] if run["kind"]})}
 
 
 def write_preview_page(recipe: Recipe, collator: Labeller, path: str | Path, limit: int | None = None,

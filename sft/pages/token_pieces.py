@@ -1,7 +1,8 @@
 """A labelled row's tokens as the pieces a page draws: runs of supervised and unsupervised tokens, each token's text.
 
-The runs come from the collator's labels only (label != -100 is supervised), so a page shows exactly what training
-supervises: one highlighted run per contiguous stretch of supervised tokens.
+Supervision comes from the collator's labels only (label != -100 is supervised), so a page shows exactly what
+training supervises: one highlighted run per contiguous stretch of supervised tokens, split where its kind changes
+(reasoning, tool calls and tool results are coloured apart).
 """
 
 from __future__ import annotations
@@ -55,14 +56,17 @@ def _pieces(tokenizer, ids: list[int], start: int, stop: int, added: frozenset, 
     return pieces
 
 
-def token_runs(tokenizer, ids: list[int], labels: list[int]) -> list[dict]:
-    """The row as runs `{supervised, pieces}` in order; the supervised runs are `supervised_runs(labels)`."""
+def token_runs(tokenizer, ids: list[int], labels: list[int], kinds: list[str | None] | None = None) -> list[dict]:
+    """The row as runs `{supervised, kind, pieces}` in order: a run ends where supervision or the kind (`kinds`,
+    sft/labels/token_labels.py token_kinds) changes, so the supervised runs are `supervised_runs(labels)` split by
+    kind."""
     added = frozenset(getattr(tokenizer, "added_tokens_decoder", None) or {})  # special and placeholder tokens
-    bounds, runs, position = supervised_runs(labels), [], 0
-    for start, stop in [*bounds, (len(ids), len(ids))]:
-        if position < start:
-            runs.append({"supervised": False, "pieces": _pieces(tokenizer, ids, position, start, added, True)})
-        if start < stop:
-            runs.append({"supervised": True, "pieces": _pieces(tokenizer, ids, start, stop, added, False)})
-        position = stop
+    keys = [(label != IGNORE_INDEX, kind) for label, kind in zip(labels, kinds or [None] * len(ids))]
+    runs, start = [], 0
+    for position in range(1, len(ids) + 1):
+        if position == len(ids) or keys[position] != keys[start]:
+            supervised, kind = keys[start]
+            runs.append({"supervised": supervised, "kind": kind,
+                         "pieces": _pieces(tokenizer, ids, start, position, added, not supervised)})
+            start = position
     return runs
