@@ -170,6 +170,34 @@ def test_a_written_box_reads_back_in_original_pixels(family_models, tmp_path, ca
     assert overall["box_iou"] > 0.8 and overall["box_acc50"] == 1.0
 
 
+@pytest.mark.parametrize("case", ["qwen2_vl", "internvl", "paligemma"])
+def test_boxes_are_paired_with_references_by_their_names_then_in_order(family_models, tmp_path, case):
+    """Two named boxes answered in the other order: each is scored against the reference of its name (in order,
+    both would score 0); an unnamed answer falls back to order."""
+    from sft.family.boxes import CONVENTIONS, written_box
+
+    other = [170, 100, 280, 190]
+    refs = ["red square", "blue circle"]
+    row = {"messages": [{"role": "user", "content": "Find both."},
+                        {"role": "assistant", "content": "<ref-object><bbox> <ref-object><bbox>"}],
+           "image": "scene.png", "objects": {"ref": refs, "bbox": [BOX, other]}}
+    path, train = grounding_setup(family_models, tmp_path, case, [row])
+    _, collator = _recipe_and_collator(argparse.Namespace(recipe=str(path)), [])
+    example = next(iter_rows(train))
+    convention = CONVENTIONS[collator.family.boxes]
+    written = {name: written_box(convention, box, (WIDTH, HEIGHT), collator.processing_class)
+               for name, box in zip(refs, [BOX, other])}
+    answer = f"blue circle{written['blue circle']} red square{written['red square']}"
+    for token in collator.replies.toolkit_tokens:  # as generation decodes: without the convention's special tokens
+        answer = answer.replace(token, "")
+    overall, rows = box_scores(collator, [example], [answer])
+    assert rows[0]["box_labels"] == ["blue circle", "red square"]
+    assert rows[0]["reference_labels"] == refs
+    assert overall["box_acc50"] == 1.0 and overall["box_iou"] > 0.9
+    unnamed = answer.replace("blue circle", "").replace("red square", "")
+    assert box_scores(collator, [example], [unnamed])[0]["box_acc50"] == 0.0  # in order: each box on the other
+
+
 def test_sft_predict_writes_boxes_in_original_pixels_and_box_metrics(family_models, tmp_path):
     from sft.outputs.predict import predict
 
@@ -249,7 +277,33 @@ def test_a_tiny_model_learns_to_box_a_square_on_held_out_rows(family_models, tmp
     assert metrics["eval_accuracy"] == 1.0  # exact match of the box text, compared as generation decodes it
     final = [json.loads(line) for line in (tmp_path / "run" / "eval_predictions" / "final.jsonl").read_text()
              .splitlines()]
-    assert len(final) == 4
+    assert len(final) == 4 and all(len(row["boxes"]) == 1 and row["box_iou"] >= 0.5 for row in final)
+    assert_the_report_draws_both_boxes(tmp_path / "run" / "report.html", final, size=64)
+
+
+def assert_the_report_draws_both_boxes(page, final: list[dict], size: int) -> None:
+    """In headless Chromium: each eval row's reference and predicted box lie on its thumbnail where the prediction
+    file puts them (in original pixels, scaled to the thumbnail)."""
+    from tests.browser import Browser, find_chromium
+
+    browser = Browser(find_chromium())
+    try:
+        browser.open(page.as_uri())
+        assert browser.console_errors() == []
+        drawn = browser.evaluate(
+            "Array.from(document.querySelectorAll('section.evaluation:last-of-type table.predictions tbody tr'), "
+            "tr => { const img = tr.querySelector('.boxed img').getBoundingClientRect(); "
+            "return Array.from(tr.querySelectorAll('.boxes rect'), r => { const b = r.getBoundingClientRect(); "
+            "return [r.getAttribute('class'), (b.left - img.left) / img.width, (b.top - img.top) / img.height, "
+            "(b.right - img.left) / img.width, (b.bottom - img.top) / img.height]; }); })")
+    finally:
+        browser.close()
+    assert len(drawn) == len(final)
+    for rects, row in zip(drawn, final):
+        assert [rect[0] for rect in rects] == ["reference", "predicted"]
+        for (_, *shown), box in zip(rects, [row["reference_boxes"][0], row["boxes"][0]]):
+            expected = [value / size for value in box]
+            assert all(abs(a - b) < 0.03 for a, b in zip(shown, expected)), (shown, expected)
 
 
 def test_predict_writes_boxes_in_the_runs_chosen_convention(family_models, tmp_path):

@@ -20,14 +20,16 @@ def prompt_preview(prompt: str, limit: int = PROMPT_PREVIEW_CHARS) -> str:
 
 
 def prediction_records(rows: list[dict], prompts: list[str], predictions: list[str], references: list[str | None],
-                       per_row_scores: list[dict[str, float]], reasonings: list[str] | None = None) -> list[dict]:
-    """One record per eval row: its number in its file, prompt preview, prediction, reference and scores, and what
-    the model thought before answering where it did (`reasoning`: the prediction is the answer after it)."""
-    reasonings = reasonings or [""] * len(rows)
+                       per_row_scores: list[dict[str, float]], reasonings: list[str] | None = None,
+                       box_rows: list[dict | None] | None = None) -> list[dict]:
+    """One record per eval row: its number in its file, prompt preview, prediction, reference and scores, what the
+    model thought before answering where it did (`reasoning`: the prediction is the answer after it), and a
+    grounding row's boxes (sft/eval/boxes.py: generated and reference boxes in original pixels, their IoU)."""
+    reasonings, box_rows = reasonings or [""] * len(rows), box_rows or [None] * len(rows)
     return [{"row": row["row"], "prompt": prompt_preview(prompt), "prediction": prediction, "reference": ref,
-             "scores": scores, **({"reasoning": thought} if thought else {})}
-            for row, prompt, prediction, ref, scores, thought in zip(rows, prompts, predictions, references,
-                                                                    per_row_scores, reasonings)]
+             "scores": scores, **({"reasoning": thought} if thought else {}), **(boxes or {})}
+            for row, prompt, prediction, ref, scores, thought, boxes in zip(rows, prompts, predictions, references,
+                                                                           per_row_scores, reasonings, box_rows)]
 
 
 def write_predictions(path: str | Path, records: list[dict]) -> Path:

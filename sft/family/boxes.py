@@ -97,6 +97,12 @@ def read_boxes(convention: BoxConvention, text: str, size: tuple[int, int], proc
                dropped: set[str] | frozenset = frozenset()) -> list[list[float]]:
     """Every box the convention writes in `text` (a generated answer), back in pixels of an image of `size`: the
     inverse of written_box. `dropped`: the convention's special tokens, which decoding leaves out."""
+    return [box for box, _ in read_placed_boxes(convention, text, size, processing_class, dropped)]
+
+
+def read_placed_boxes(convention: BoxConvention, text: str, size: tuple[int, int], processing_class=None,
+                      dropped: set[str] | frozenset = frozenset()) -> list[tuple[list[float], tuple[int, int]]]:
+    """`read_boxes`, each box with the (start, end) of its text in `text` (where its label is looked for)."""
     width, height = size
     if convention.frame == "processed_pixels":
         new_width, new_height = processed_size(processing_class, width, height)
@@ -104,8 +110,8 @@ def read_boxes(convention: BoxConvention, text: str, size: tuple[int, int], proc
     else:
         steps = 1000 if convention.frame == "norm1000" else 1023
         scale_x, scale_y = width / steps, height / steps
-    return [[float(match[f"x{i}"]) * scale_x if axis == "x" else float(match[f"y{i}"]) * scale_y
-             for i in (1, 2) for axis in "xy"]
+    return [([float(match[f"x{i}"]) * scale_x if axis == "x" else float(match[f"y{i}"]) * scale_y
+              for i in (1, 2) for axis in "xy"], match.span())
             for match in _pattern(convention.box, set(dropped)).finditer(text)]
 
 

@@ -13,13 +13,15 @@ FRAMES_PER_CLIP = 6  # a clip's frames shown, evenly spaced over the frames the 
 
 
 def thumbnail(image, label: str, kind: str = "image") -> dict:
-    """`{kind, label, uri, width, height}`: the image at most THUMBNAIL_PX on its longest side, as a JPEG data URI."""
+    """`{kind, label, uri, width, height, scale}`: the image at most THUMBNAIL_PX on its longest side, as a JPEG data
+    URI."""
     small = image.convert("RGB")  # a copy: the caller's image is left as it was
     small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
     uri = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-    return {"kind": kind, "label": label, "uri": uri, "width": small.width, "height": small.height}
+    return {"kind": kind, "label": label, "uri": uri, "width": small.width, "height": small.height,
+            "scale": small.width / image.width}  # original pixels -> thumbnail pixels (boxes are drawn so)
 
 
 def thumbnails(pictures: list[tuple[str, str, object]]) -> dict:
@@ -80,7 +82,7 @@ def with_boxes(shown: list[dict], pictures: list[tuple[str, str, object]], objec
     for number, (box, image_id, name) in enumerate(zip(found["bbox"], found["image_id"], names), start=1):
         if image_id >= len(marked) or pictures[image_id][0] != "image":
             continue
-        scale = marked[image_id]["width"] / pictures[image_id][2].width
+        scale = marked[image_id]["scale"]
         if len(box) == 2:  # a point: a small square around it
             box = [box[0] - 2 / scale, box[1] - 2 / scale, box[0] + 2 / scale, box[1] + 2 / scale]
         x1, y1, x2, y2 = (round(v * scale, 1) for v in box)

@@ -84,11 +84,11 @@ class GenerationMetricsSFTTrainer(SFTTrainer):
                                  max_new_tokens=max_reply_tokens(collator, references, rows=rows))
             predictions = [g.reply for g in generated]
             scores = score(self.eval_metrics, predictions, references)
-            boxes, _ = box_scores(collator, rows, predictions)  # grounding rows: IoU of the boxes read back
+            boxes, box_rows = box_scores(collator, rows, predictions)  # grounding rows: IoU of the boxes read back
             output.metrics.update({f"{metric_key_prefix}_{name}": v for name, v in {**scores.overall, **boxes}.items()})
             if self.predictions_dir is not None and self.is_world_process_zero():
                 records = prediction_records(rows, [g.prompt for g in generated], predictions, references,
-                                             scores.per_row, [g.reasoning for g in generated])
+                                             scores.per_row, [g.reasoning for g in generated], box_rows)
                 step = self.state.global_step
                 path = write_predictions(self.predictions_dir / f"{self.predictions_name or f'step-{step}'}.jsonl",
                                          records)
