@@ -170,6 +170,24 @@ def test_a_written_box_reads_back_in_original_pixels(family_models, tmp_path, ca
     assert overall["box_iou"] > 0.8 and overall["box_acc50"] == 1.0
 
 
+@pytest.mark.parametrize("case, keys", CASES, ids=[f"{case}{'-budget' if keys else ''}" for case, keys in CASES])
+def test_a_written_point_reads_back_in_original_pixels(family_models, tmp_path, case, keys):
+    """A point row's supervised reply, decoded as generation decodes it, gives the point back in original pixels."""
+    point = [150, 100]
+    row = {**ROW, "objects": {"ref": ["red square"], "bbox": [point]}}
+    path, train = grounding_setup(family_models, tmp_path, case, [row], **keys)
+    _, collator = _recipe_and_collator(argparse.Namespace(recipe=str(path)), [])
+    example = next(iter_rows(train))
+    encoded = collator.encode(example)
+    answer = collator.tokenizer.decode([i for i, label in zip(encoded.input_ids, encoded.labels)
+                                        if label != IGNORE_INDEX], skip_special_tokens=True)
+    overall, rows = box_scores(collator, [example], [answer])
+    _, size = supervised_and_size(collator, example)
+    tolerance = 1 + max(WIDTH / size[0], HEIGHT / size[1]) if collator.family.boxes == "qwen2_5_vl" else 1
+    assert overall == {} and rows[0]["reference_points"] == [[150.0, 100.0]]
+    assert len(rows[0]["points"]) == 1 and all(abs(a - b) <= tolerance for a, b in zip(rows[0]["points"][0], point))
+
+
 @pytest.mark.parametrize("case", ["qwen2_vl", "internvl", "paligemma"])
 def test_boxes_are_paired_with_references_by_their_names_then_in_order(family_models, tmp_path, case):
     """Two named boxes answered in the other order: each is scored against the reference of its name (in order,

@@ -1,6 +1,7 @@
 """Box answers scored: a grounding row's generated boxes read back in its family's convention (sft/family/boxes.py),
 in pixels of the original image, against the boxes its last reply places: mean IoU (`box_iou`) and the share of
-reference boxes found at IoU >= 0.5 (`box_acc50`). A reference box with a name (its row's `ref`) is paired with the
+reference boxes found at IoU >= 0.5 (`box_acc50`); a row that answers with points gets its generated points read
+back (not scored: no metric is standard for them). A reference box with a name (its row's `ref`) is paired with the
 first unpaired generated box labelled with that name (the name written next to it: in the text since the box before,
 else up to the box after); the rest are paired in the order they are written. A reference box with no generated box
 scores 0.
@@ -12,15 +13,15 @@ import json
 
 from sft.data.messages import text_of
 from sft.data.objects import BOX, image_size
-from sft.family.boxes import convention_named, iou, read_placed_boxes
+from sft.family.boxes import convention_named, iou, read_placed_boxes, read_points
 from sft.labels.labelling import Labeller
 
 BOX_METRICS = ("box_iou", "box_acc50")
 
 
-def reference_boxes(example: dict) -> list[tuple[list[float], int, str | None]] | None:
-    """(box in pixels, image index, name) of each `<bbox>` in the row's last reply (the name when the row names each
-    box, `ref` as long as `bbox`); None for a row whose reply has none."""
+def reference_boxes(example: dict, points: bool = False) -> list[tuple[list[float], int, str | None]] | None:
+    """(box in pixels, image index, name) of each `<bbox>` box in the row's last reply (the name when the row names
+    each box, `ref` as long as `bbox`); `points`: its points instead. None for a row whose reply has none."""
     messages = example["messages"]
     if not example.get("objects") or messages[-1]["role"] != "assistant":
         return None
@@ -28,7 +29,15 @@ def reference_boxes(example: dict) -> list[tuple[list[float], int, str | None]] 
     names = found["ref"] if len(found["ref"]) == len(found["bbox"]) else [None] * len(found["bbox"])
     before, count = sum(text_of(m).count(BOX) for m in messages[:-1]), text_of(messages[-1]).count(BOX)
     return [(found["bbox"][i], found["image_id"][i], names[i]) for i in range(before, before + count)
-            if len(found["bbox"][i]) == 4] or None  # points are written and learnt, not scored
+            if len(found["bbox"][i]) == (2 if points else 4)] or None
+
+
+def generated_points(collator: Labeller, example: dict, text: str) -> list[list[float]]:
+    """The points of a generated answer in pixels of the image its first reference point is in (not scored)."""
+    references = reference_boxes(example, points=True) or [([], 0, None)]
+    size = image_size(example["stored_images"][references[0][1]])
+    convention = convention_named(collator.family.boxes, collator.family.name)
+    return read_points(convention, text, size, collator.processing_class, collator.replies.toolkit_tokens)
 
 
 def generated_boxes(collator: Labeller, example: dict, text: str) -> list[tuple[list[float], str | None]]:
@@ -69,9 +78,11 @@ def box_scores(collator: Labeller, examples: list[dict], predictions: list[str])
     """Overall box metrics over the rows with reference boxes, and per row its generated boxes and scores."""
     per_row, ious = [], []
     for example, text in zip(examples, predictions):
-        references = reference_boxes(example)
+        references, points = reference_boxes(example), reference_boxes(example, points=True)
         if references is None:
-            per_row.append(None)
+            per_row.append(None if points is None else {
+                "points": [[round(v, 1) for v in point] for point in generated_points(collator, example, text)],
+                "reference_points": [[round(v, 1) for v in point] for point, _, _ in points]})
             continue
         generated = generated_boxes(collator, example, text)
         row = [iou(box, match) if match is not None else 0.0

@@ -100,9 +100,21 @@ def read_boxes(convention: BoxConvention, text: str, size: tuple[int, int], proc
     return [box for box, _ in read_placed_boxes(convention, text, size, processing_class, dropped)]
 
 
+def read_points(convention: BoxConvention, text: str, size: tuple[int, int], processing_class=None,
+                dropped: set[str] | frozenset = frozenset()) -> list[list[float]]:
+    """Every point the convention writes in `text`, back in pixels of an image of `size` (none inside a box:
+    PaliGemma writes a point as two of a box's four bins)."""
+    boxes = [span for _, span in read_placed_boxes(convention, text, size, processing_class, dropped)]
+    return [point for point, (start, end) in read_placed_boxes(convention, text, size, processing_class, dropped,
+                                                                 points=True)
+            if not any(a < end and start < b for a, b in boxes)]
+
+
 def read_placed_boxes(convention: BoxConvention, text: str, size: tuple[int, int], processing_class=None,
-                      dropped: set[str] | frozenset = frozenset()) -> list[tuple[list[float], tuple[int, int]]]:
-    """`read_boxes`, each box with the (start, end) of its text in `text` (where its label is looked for)."""
+                      dropped: set[str] | frozenset = frozenset(),
+                      points: bool = False) -> list[tuple[list[float], tuple[int, int]]]:
+    """`read_boxes` (`points`: `read_points`), each with the (start, end) of its text in `text` (where its label is
+    looked for)."""
     width, height = size
     if convention.frame == "processed_pixels":
         new_width, new_height = processed_size(processing_class, width, height)
@@ -110,6 +122,9 @@ def read_placed_boxes(convention: BoxConvention, text: str, size: tuple[int, int
     else:
         steps = 1000 if convention.frame == "norm1000" else 1023
         scale_x, scale_y = width / steps, height / steps
+    if points:
+        return [([float(match["x"]) * scale_x, float(match["y"]) * scale_y], match.span())
+                for match in _pattern(convention.point, set(dropped)).finditer(text)]
     return [([float(match[f"x{i}"]) * scale_x if axis == "x" else float(match[f"y{i}"]) * scale_y
               for i in (1, 2) for axis in "xy"], match.span())
             for match in _pattern(convention.box, set(dropped)).finditer(text)]
