@@ -5,16 +5,16 @@ weights load. Then `--packing true` and `--padding_free true` train end to end."
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
-from datasets import Dataset
 
 from sft.cli import main as sft
 from sft.config.recipe import load_recipe
 from sft.errors import UserError
 from sft.labels.labelling import make_collator
-from sft.labels.packing import PackedBatches, pack_rows, refuse_unpackable
+from sft.labels.packing import EpochPacks, EpochSampler, PackedBatches, refuse_unpackable
 from sft.plan.estimate import make_plan
 from sft.run.train import main as train
 from tests.conftest import REPO, write_image, write_recipe
@@ -24,15 +24,40 @@ from tests.families.rows import SHAPES
 from tests.test_training import recipe_for
 
 
-def test_bfd_packs_hold_every_row_once_and_never_exceed_max_length():
-    lengths = [5, 3, 7, 2, 4, 6, 10, 1]
-    packs = pack_rows(Dataset.from_dict({"length": lengths}), 10, "packing")
-    members = [i for pack in packs["pack"] for i in pack]
-    assert sorted(members) == list(range(len(lengths)))  # no row split, lost or repeated
-    assert all(sum(lengths[i] for i in pack) == length <= 10 for pack, length in zip(packs["pack"], packs["length"]))
-    assert len(packs) == 4 == -(-sum(lengths) // 10)  # best-fit decreasing fills 38 tokens into the minimum 4 bins
-    alone = pack_rows(Dataset.from_dict({"length": lengths}), 10, "padding_free")
-    assert alone["pack"] == [[i] for i in range(len(lengths))] and alone["length"] == lengths
+def test_epoch_packs_hold_every_row_once_change_every_epoch_and_keep_their_count():
+    lengths = [5, 3, 7, 2, 4, 6, 10, 1, 5, 5, 5, 5, 3, 3, 3, 3] * 4
+    packs = EpochPacks(lengths, 16, "packing", seed=0, epochs=4)
+    epochs = [[item["pack"] for item in packs.epoch(epoch)] for epoch in range(4)]
+    for made in epochs:
+        assert sorted(i for pack in made for i in pack) == list(range(len(lengths)))  # none split, lost or repeated
+        assert all(sum(lengths[i] for i in pack) <= 16 for pack in made)
+        assert len(made) == len(packs)  # Trainer's steps an epoch stay put
+    assert len({str(made) for made in epochs}) == 4  # a fresh packing every epoch
+    assert sum(lengths) / (len(packs) * 16) > 0.9  # best fit still fills them
+    again = EpochPacks(lengths, 16, "packing", seed=0, epochs=4).dataset()
+    assert again["pack"] == [p for made in epochs for p in made]  # the seed and the epoch decide them
+    assert EpochPacks(lengths, 16, "packing", seed=1, epochs=1).epoch(0)[0]["pack"] != epochs[0][0]
+    alone = EpochPacks(lengths, 16, "padding_free", seed=0, epochs=2)
+    assert [item["pack"] for item in alone.epoch(1)] == [[i] for i in range(len(lengths))]
+
+
+def test_equal_length_rows_of_two_answers_share_packs_instead_of_filling_one_each():
+    """The smoke task's failure: 'water' rows one token longer than 'fire' rows; decreasing best fit gave a pack of
+    only water rows; shuffled best fit mixes both in every full pack."""
+    lengths = [61 if i % 2 else 60 for i in range(64)]  # odd rows 'water', even rows 'fire'
+    packs = EpochPacks(lengths, 1024, "packing", seed=0, epochs=1)
+    full = [item["pack"] for item in packs.epoch(0) if len(item["pack"]) > 8]
+    assert full and all({i % 2 for i in pack} == {0, 1} for pack in full)
+
+
+def test_the_sampler_asks_for_each_packs_epoch_in_a_seeded_order():
+    packs = EpochPacks([3] * 10, 6, "packing", seed=0, epochs=3)
+    sampler = EpochSampler(packs, seed=0)
+    sampler.set_epoch(2)
+    asked = list(sampler)
+    assert sorted(asked) == list(range(2 * len(packs), 3 * len(packs))) and asked == list(sampler)
+    sampler.set_epoch(4)  # past the planned epochs: theirs again, in turn
+    assert sorted(sampler) == list(range(len(packs), 2 * len(packs)))
 
 
 PACKED = [case for case in CASES if case.family.packing]
@@ -159,7 +184,75 @@ def test_the_seed_architecture_packs_its_text_rows_end_to_end(tiny_models, tmp_p
     recipe = recipe_for(tmp_path, tiny_models["mllama"], with_images=False, max_length=128, num_train_epochs=1,
                         eval_strategy="no", packing=True, per_device_train_batch_size=1)
     metrics = train(load_recipe(recipe))
-    assert "[sft] packing: 8 rows in 2 sequences; a micro-batch of 1 holds 4.0 rows" in capsys.readouterr().err
+    assert re.search(r"\[sft\] packing: 8 rows in 2 sequences, packed afresh each epoch; a micro-batch of 1 holds "
+                     r"4.0 rows and \d+ tokens on average; packs \d+\.\d% full", capsys.readouterr().err)
     assert metrics["first_loss"] > 0 and metrics["eval_accuracy"] is not None
     manifest = json.loads((tmp_path / "run" / "run_manifest.json").read_text())
     assert manifest["recipe"]["training"]["packing"] is True  # the resolved recipe says what was asked
+
+
+def test_the_smoke_task_learns_packed_as_well_as_unpacked_in_the_same_steps(tiny_models, tmp_path):
+    """Tiny SmolVLM on the smoke data (64 image rows, four answers), 64 optimizer steps each way: rows 8 a step, or
+    packs of ~16 rows one a step (max_length 1024). Best fit in decreasing order packed each answer's rows together
+    (they have one length); shuffled and re-packed each epoch, every pack mixes them."""
+    import subprocess
+    import sys
+
+    from tests.conftest import write_recipe
+
+    subprocess.run([sys.executable, str(REPO / "scripts/make_elements.py"), str(tmp_path / "data")], check=True,
+                   capture_output=True)
+    accuracy = {}
+    for name, keys in (("rows", {"per_device_train_batch_size": 8, "max_length": 256}),
+                       ("packed", {"per_device_train_batch_size": 1, "max_length": 1024, "packing": True})):
+        recipe = write_recipe(tmp_path / f"{name}.yaml", model_name_or_path=str(tiny_models["idefics3"]),
+                              train_file=str(tmp_path / "data/train.jsonl"), eval_file=str(tmp_path / "data/val.jsonl"),
+                              column_map={"completion": "target"}, output_dir=str(tmp_path / name), max_steps=64,
+                              per_device_eval_batch_size=16, learning_rate=3e-3, lr_scheduler_type="constant",
+                              warmup_steps=0, gradient_checkpointing=False, logging_steps=16, eval_strategy="no",
+                              seed=0, **keys)
+        accuracy[name] = train(load_recipe(recipe))["eval_accuracy"]
+    assert accuracy["rows"] >= 0.9 and accuracy["packed"] >= 0.9, accuracy
+
+
+def test_a_packed_run_resumed_mid_epoch_packs_and_trains_as_the_uninterrupted_one(tiny_models, tmp_path):
+    """Packs are the seed's and the epoch's: a run resumed from a checkpoint taken inside an epoch (step 3 of 2-step
+    epochs) trains the same packs in the same order as the run that never stopped."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    keys = dict(max_length=64, max_steps=8, save_steps=3, eval_strategy="no", packing=True,
+                per_device_train_batch_size=1, logging_steps=1)
+    straight = recipe_for(tmp_path / "straight", tiny_models["mllama"], with_images=False, **keys)
+    train(load_recipe(straight))
+    resumed_dir = tmp_path / "resumed"
+    resumed = recipe_for(resumed_dir, tiny_models["mllama"], with_images=False, **keys)
+    shutil.copytree(tmp_path / "straight" / "run" / "checkpoint-3", resumed_dir / "run" / "checkpoint-3")
+    train(load_recipe(resumed, ["--resume_from_checkpoint", "true"]))
+    expected = load_file(tmp_path / "straight" / "run" / "adapter_model.safetensors")
+    again = load_file(resumed_dir / "run" / "adapter_model.safetensors")
+    assert expected.keys() == again.keys()
+    assert max((expected[k] - again[k]).abs().max().item() for k in expected) <= 1e-5
+
+
+def test_training_gets_each_epochs_own_packs(tiny_models, tmp_path, monkeypatch):
+    """What the collator is handed in a packed run: every row once an epoch, and other packs in the second epoch."""
+    seen = []
+    original = PackedBatches.__call__
+
+    def recording(self, examples):
+        seen.extend(sorted(example["pack"]) for example in examples if "pack" in example)
+        return original(self, examples)
+
+    monkeypatch.setattr(PackedBatches, "__call__", recording)
+    rows = [{"prompt": "What element is shown?" + " really" * (i % 5), "target": "water"} for i in range(12)]
+    recipe = recipe_for(tmp_path, tiny_models["mllama"], with_images=False, max_length=200, num_train_epochs=2,
+                        eval_strategy="no", packing=True, per_device_train_batch_size=1)
+    from tests.conftest import write_jsonl
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    train(load_recipe(recipe))
+    half = len(seen) // 2
+    first, second = seen[:half], seen[half:]
+    assert sorted(i for pack in first for i in pack) == list(range(12)) == sorted(i for pack in second for i in pack)
+    assert sorted(first) != sorted(second)

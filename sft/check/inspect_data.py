@@ -19,7 +19,7 @@ from sft.family.image_budget import dropped_for_images, visual_summary
 from sft.labels.collator import IGNORE_INDEX
 from sft.labels.fit import measure, reasoning_note
 from sft.labels.labelling import Labeller
-from sft.labels.packing import pack_rows, packing_mode
+from sft.labels.packing import EpochPacks, packing_mode
 from sft.labels.template_inputs import row_context
 from sft.labels.token_labels import token_kinds
 
@@ -187,11 +187,12 @@ def preview_packs(recipe: Recipe, records: list[dict], as_json: bool) -> None:
     """How the shown rows would be packed (sft/labels/packing.py): which rows share a sequence, their tokens, and each
     one's supervised text (spans stay per example)."""
     mode = packing_mode(recipe.training)
-    packs = pack_rows(Dataset.from_dict({"length": [r["tokens"] for r in records]}), recipe.training.max_length, mode)
+    packs = EpochPacks([r["tokens"] for r in records], recipe.training.max_length, mode, recipe.training.seed, 1)
     if not as_json:
-        print(f"--- {mode}: the {len(records)} rows shown in {len(packs)} sequences (max_length "
-              f"{recipe.training.max_length})")
-    for number, (members, length) in enumerate(zip(packs["pack"], packs["length"]), start=1):
+        print(f"--- {mode}: the {len(records)} rows shown in {len(packs)} sequences in the first epoch (max_length "
+              f"{recipe.training.max_length}; packed afresh each epoch)")
+    for number, item in enumerate(packs.epoch(0), start=1):
+        members, length = item["pack"], item["length"]
         packed = [records[i] for i in members]
         entry = {"pack": number, "rows": [r["row"] for r in packed], "tokens": [r["tokens"] for r in packed],
                  "supervised_text": [r["supervised_text"] for r in packed]}

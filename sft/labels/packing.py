@@ -2,8 +2,10 @@
 and text rows alike.
 
 Rows are measured before training (sft.labels.fit.fit_to_length writes each row's `length` after image expansion).
-`packing` groups them into packs of at most `max_length` tokens with TRL's best-fit-decreasing binning (a row is
-never split); `padding_free` leaves each row its own pack. Either way a micro-batch goes through the family's
+`packing` groups them into packs of at most `max_length` tokens (a row is never split), afresh every epoch: best fit
+in an order shuffled by the seed and the epoch (`EpochPacks`), so that a pack is not a bucket of equal-length rows
+and the same packs do not come back every epoch (TRL's best-fit-decreasing made both, and a packed run learnt
+worse); `padding_free` leaves each row its own pack. Either way a micro-batch goes through the family's
 labeller as one processor call (so every image tensor is what an unpacked batch gets), then its rows are laid end to
 end in one sequence without padding: no attention_mask, and position_ids restarting at 0 for each example, from
 which transformers builds a block-diagonal causal mask (masking_utils.find_packed_sequence_indices). How a family
@@ -17,11 +19,13 @@ read here and turned off before SFTTrainer sees them.
 
 from __future__ import annotations
 
+import bisect
 import inspect
+import math
+import random
 
 import torch
-from datasets import Dataset, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-from trl.data_utils import pack_dataset
+from datasets import Dataset
 
 from sft.errors import UserError
 from sft.family.families import Family
@@ -52,47 +56,119 @@ def refuse_unpackable(family: Family, args, image_rows: int = 0) -> None:
         raise UserError(f"{mode}: needs max_length (the tokens a row may have, and a packed sequence per row)")
     if args.packing and args.packing_strategy != "bfd":
         raise UserError(f"packing_strategy {args.packing_strategy!r}: only 'bfd' keeps every row whole (a "
-                        "completion or an image is never cut); set packing_strategy: bfd")
+                        "completion or an image is never cut); set packing_strategy: bfd (the toolkit packs whole "
+                        "rows by best fit in a shuffled order, afresh each epoch)")
     tokens = args.per_device_train_batch_size * (args.max_length or 0)
     if family.packing_max_tokens and tokens > family.packing_max_tokens:
         raise UserError(f"{mode}: family {family.name} is exact only up to {family.packing_max_tokens} tokens a "
                         f"sequence; per_device_train_batch_size x max_length is {tokens}; lower either")
 
 
-def pack_rows(rows: Dataset, max_length: int, mode: str) -> Dataset:
-    """The training set as packs: `pack` (indices into `rows`) and `length` (their tokens), by TRL's BFD binning
-    for `packing`, one row each for `padding_free`."""
-    lengths = rows["length"]
-    if mode == "padding_free":
-        return Dataset.from_dict({"pack": [[i] for i in range(len(rows))], "length": lengths})
-    # TRL's pack_dataset bins list columns by their length: a list of a row's index, as long as the row, comes out
-    # of a bin as the indices of its rows in order.
-    spans = Dataset.from_dict({"members": [[i] * n for i, n in enumerate(lengths)]})
-    shown = not are_progress_bars_disabled()
-    disable_progress_bars()  # binning takes milliseconds; its progress bar would only add a line to the log
-    try:
-        packed = pack_dataset(spans, max_length, "bfd")
-    finally:
-        if shown:
-            enable_progress_bars()
-    packs = [list(dict.fromkeys(members)) for members in packed["members"]]
-    return Dataset.from_dict({"pack": packs, "length": [sum(n) for n in packed["seq_lengths"]]})
+def best_fit(order: list[int], lengths: list[int], max_length: int) -> list[list[int]]:
+    """Rows taken in `order`, each into the open pack it fills best (the least room left that still holds it), a new
+    pack when none does. In a shuffled order a pack holds rows of every length as they come, where best-fit
+    *decreasing* (TRL's `bfd`) sorts them first and so packs equal lengths, often equal answers, together."""
+    rooms: list[tuple[int, int]] = []  # (room left, pack), sorted
+    packs: list[list[int]] = []
+    for row in order:
+        at = bisect.bisect_left(rooms, (lengths[row], -1))
+        if at == len(rooms):
+            packs.append([row])
+            bisect.insort(rooms, (max_length - lengths[row], len(packs) - 1))
+        else:
+            room, pack = rooms.pop(at)
+            packs[pack].append(row)
+            bisect.insort(rooms, (room - lengths[row], pack))
+    return packs
 
 
-def pack_summary(packs: Dataset, batch: int) -> str:
-    """Rows and tokens a step holds on average (the run log and the manifest say it)."""
-    rows, tokens = sum(len(pack) for pack in packs["pack"]), sum(packs["length"])
-    per_batch = min(batch, len(packs)) / len(packs)  # the share of all packs one micro-batch holds
-    return (f"{rows} rows in {len(packs)} sequences; a micro-batch of {batch} holds {rows * per_batch:.1f} rows and "
-            f"{tokens * per_batch:.0f} tokens on average")
+class EpochPacks:
+    """The training set as packs made afresh every epoch: the rows in an order shuffled by the seed and the epoch,
+    each epoch's packs by `best_fit` (`padding_free`: one row each). Every epoch has the same number of packs (that
+    of the epoch that needs most; another splits its fullest packs to match), so Trainer's steps an epoch stay put.
+    `dataset()` holds every planned epoch's packs, epoch after epoch (SFTTrainer takes only a `datasets` Dataset);
+    `EpochSampler` asks for one epoch's, so the packs depend on the seed and the epoch only, and a resumed run packs
+    as the interrupted one did."""
+
+    def __init__(self, lengths: list[int], max_length: int, mode: str, seed: int, epochs: int):
+        self.lengths, self.max_length, self.mode, self.seed = list(lengths), max_length, mode, seed
+        made = [self.packed(epoch) for epoch in range(max(1, epochs))]
+        self.size = max(len(packs) for packs in made)
+        self.by_epoch = [self.evened(packs) for packs in made]
+
+    def packed(self, epoch: int) -> list[list[int]]:
+        if self.mode == "padding_free":
+            return [[row] for row in range(len(self.lengths))]
+        order = list(range(len(self.lengths)))
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return best_fit(order, self.lengths, self.max_length)
+
+    def evened(self, packs: list[list[int]]) -> list[list[int]]:
+        """`packs` split until there are `self.size`: the one holding most rows, in two halves, each time."""
+        packs = list(packs)
+        while len(packs) < self.size:
+            fullest = max(range(len(packs)), key=lambda k: len(packs[k]))
+            half = len(packs[fullest]) // 2
+            packs[fullest:fullest + 1] = [packs[fullest][:half], packs[fullest][half:]]
+        return packs
+
+    def __len__(self) -> int:
+        return self.size
+
+    def epoch(self, epoch: int) -> list[dict]:
+        """The epoch's packs (past the planned epochs: theirs again, in turn), each with its tokens."""
+        return [{"pack": members, "length": sum(self.lengths[row] for row in members)}
+                for members in self.by_epoch[epoch % len(self.by_epoch)]]
+
+    def dataset(self) -> Dataset:
+        """Every planned epoch's packs in one `datasets` Dataset: row `epoch * len(self) + k` is pack k."""
+        items = [item for epoch in range(len(self.by_epoch)) for item in self.epoch(epoch)]
+        return Dataset.from_dict({"pack": [item["pack"] for item in items],
+                                  "length": [item["length"] for item in items]})
+
+    def summary(self, batch: int) -> str:
+        """Rows and tokens a step holds on average, and how full the packs are (the run log and manifest say it)."""
+        tokens, rows = sum(self.lengths), len(self.lengths)
+        per_batch = min(batch, self.size) / self.size  # the share of all packs one micro-batch holds
+        fill = f"; packs {tokens / (self.size * self.max_length):.1%} full" if self.mode == "packing" else ""
+        return (f"{rows} rows in {self.size} sequences, packed afresh each epoch; a micro-batch of {batch} holds "
+                f"{rows * per_batch:.1f} rows and {tokens * per_batch:.0f} tokens on average{fill}")
+
+
+def planned_epochs(args, rows: int, packs: int) -> int:
+    """The epochs a run goes through: num_train_epochs, or as many as max_steps needs (one more for rounding)."""
+    if args.max_steps and args.max_steps > 0:
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
+        return -(-args.max_steps * per_step // max(1, packs)) + 1
+    return max(1, math.ceil(args.num_train_epochs))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The rows of `EpochPacks.dataset()` that hold the epoch's packs, in an order shuffled by the seed and the epoch
+    (Trainer calls `set_epoch`)."""
+
+    def __init__(self, packs: EpochPacks, seed: int):
+        self.size, self.epochs, self.seed, self.epoch = len(packs), len(packs.by_epoch), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        first = (self.epoch % self.epochs) * self.size
+        return iter([first + k for k in torch.randperm(self.size, generator=generator).tolist()])
 
 
 class PackedBatches:
     """The training collator with packing: items that are packs are laid end to end; plain rows (evaluation) go
     through the labeller unchanged."""
 
-    def __init__(self, labeller, rows: Dataset, family: Family):
+    def __init__(self, labeller, rows: Dataset, family: Family, packs: EpochPacks | None = None):
         self.labeller, self.rows, self.family = labeller, rows, family
+        self.packs = packs  # the packs of each epoch (the trainer's sampler asks for one epoch's)
         self.rope_index = None  # set to the model's get_rope_index for an `mrope` family once it is loaded
 
     def __getattr__(self, name):  # the Labeller interface (generation, previews) is the labeller's

@@ -21,7 +21,7 @@ from sft.eval.generation import reference
 from sft.eval.metrics import bleu_tokenizer, check_metric_for_best_model, default_metrics
 from sft.labels.fit import FitReport, fit_to_length
 from sft.labels.labelling import Labeller
-from sft.labels.packing import PackedBatches, pack_rows, pack_summary, refuse_unpackable
+from sft.labels.packing import EpochPacks, PackedBatches, planned_epochs, refuse_unpackable
 from sft.run.decide import RunSetup
 from sft.run.log import log
 
@@ -29,7 +29,7 @@ from sft.run.log import log
 @dataclass
 class RunData:
     train_rows: Dataset  # measured rows that fit max_length
-    train_set: Dataset  # what the trainer iterates: those rows, or their packs
+    train_set: Dataset  # what the trainer iterates: those rows, or every epoch's packs (sft/labels/packing.py)
     batches: Labeller | PackedBatches  # the collator, or packs of rows laid end to end
     packing: str | None  # what packing did, for the log and the manifest (None: unpacked)
     eval_rows: Dataset | None
@@ -114,9 +114,12 @@ def prepare_data(setup: RunSetup) -> RunData:
     train_set, batches, packing = train_rows, collator, None
     if setup.packing:  # packs of rows laid end to end (sft/labels/packing.py); evaluation and generation stay unpacked
         refuse_unpackable(family, args, image_rows=sum(count > 0 for count in train_rows["image_count"]))
-        train_set = pack_rows(train_rows, args.max_length, setup.packing)
-        batches = PackedBatches(collator, train_rows, family)
-        packing = f"{setup.packing}: {pack_summary(train_set, args.per_device_train_batch_size)}"
+        lengths = train_rows["length"]
+        first = EpochPacks(lengths, args.max_length, setup.packing, args.seed, 1)
+        packs = EpochPacks(lengths, args.max_length, setup.packing, args.seed,
+                           planned_epochs(args, len(lengths), len(first)))
+        train_set, batches = packs.dataset(), PackedBatches(collator, train_rows, family, packs)
+        packing = f"{setup.packing}: {packs.summary(args.per_device_train_batch_size)}"
         log(packing)
     reports = [train_report]
     if eval_rows is not None:

@@ -16,6 +16,7 @@ from sft.eval.metrics import score
 from sft.eval.predictions import prediction_records, report_predictions, write_predictions
 from sft.family.families import Family
 from sft.family.parts import Parts, split_learning_rates
+from sft.labels.packing import EpochSampler
 
 
 class GenerationMetricsSFTTrainer(SFTTrainer):
@@ -42,6 +43,20 @@ class GenerationMetricsSFTTrainer(SFTTrainer):
         for param in self.model.parameters():
             if param.requires_grad and param.dtype == torch.bfloat16:
                 param.data = param.data.float()
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Packs made afresh each epoch (sft/labels/packing.py) come through their own sampler: it asks for the
+        epoch's packs, in an order the seed and the epoch decide."""
+        packs = getattr(self.data_collator, "packs", None)
+        if packs is not None and train_dataset in (None, self.train_dataset):
+            return EpochSampler(packs, self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def num_examples(self, dataloader) -> int:
+        """An epoch's packs, not every planned epoch's (the dataset holds them all; the sampler takes one)."""
+        packs = getattr(self.data_collator, "packs", None)
+        return len(packs) if packs is not None and dataloader.dataset is self.train_dataset else \
+            super().num_examples(dataloader)
 
     def create_optimizer(self, model=None):
         """Trainer's optimizer, with each part that has its own learning rate in its own parameter groups."""
