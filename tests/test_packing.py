@@ -71,6 +71,9 @@ def rows(case, tmp_path, fire=(230, 60, 30)) -> list[dict]:
     images = case.vision and case.family.packing_images
     water = [str(write_image(tmp_path / "water.png", (40, 90, 220), size=(36, 50)))] if images else []
     fire = [str(write_image(tmp_path / f"fire{fire}.png", fire, size=(36, 50)))] if images else []
+    if False not in case.images:  # a family that takes an image in every row, one prompt and one answer (PaliGemma)
+        return [{"where": f"t.jsonl:{n}", "row": n, "messages": SHAPES[shape], "stored_images": image}
+                for n, (shape, image) in enumerate(zip([*case.shapes, case.shapes[0]], [water, water, fire]), 1)]
     return [{"where": "t.jsonl:1", "row": 1, "messages": SHAPES["prompt_completion"], "stored_images": water},
             {"where": "t.jsonl:2", "row": 2, "messages": SHAPES["multi_turn"], "stored_images": []},
             {"where": "t.jsonl:3", "row": 3, "messages": SHAPES["instruction"], "stored_images": fire}]

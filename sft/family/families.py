@@ -157,8 +157,9 @@ FAMILIES = (
     Family("paligemma", ("paligemma",), "google/paligemma2-3b-pt-448", "<eos>",
            vision_tower=("vision_tower",), projector=("multi_modal_projector",), extra_inputs=("token_type_ids",),
            labels="prefix_suffix", image_budget="fixed_size", boxes="paligemma",
-           packing=None, packing_refusal="every example's prefix would get the same block id, so prefixes would "
-                                         "attend across examples"),
+           # Packed, transformers' packed-sequence mask bounds each example's bidirectional prefix (its forward numbers
+           # a row from 1, packed examples restart at 0: RoPE sees only distances, so the logits agree; measured).
+           ),
     # LLaVA-1.5: `USER: <image>\n... ASSISTANT: reply` with no token closing the reply; the collator inserts EOS.
     Family("llava", ("llava",), "llava-hf/llava-1.5-7b-hf", "</s>",
            vision_tower=("vision_tower",), projector=("multi_modal_projector",), image_budget="fixed_size"),
