@@ -15,6 +15,7 @@ from sft.config.recipe import load_recipe
 from sft.errors import UserError
 from sft.labels.labelling import make_collator
 from sft.labels.packing import EpochPacks, EpochSampler, PackedBatches, refuse_unpackable
+from sft.model.linear_attention import run_per_example
 from sft.plan.estimate import make_plan
 from sft.run.train import main as train
 from tests.conftest import REPO, write_image, write_recipe
@@ -83,6 +84,8 @@ def packer(case, processor, model) -> PackedBatches:
     batches = PackedBatches(make_collator(processor, case.family), None, case.family)
     if case.family.packing == "mrope":
         batches.rope_index = model.model.get_rope_index
+    if case.family.linear_attention:  # as sft/run/build.py does for a packed run
+        run_per_example(model, case.family.linear_attention)
     return batches
 
 
@@ -175,7 +178,9 @@ def test_plan_counts_one_packed_sequence_a_micro_batch_and_refuses_a_family_that
 
 
 @pytest.mark.parametrize(("case", "mode"), [param(BY_NAME["qwen2_5_vl"], "packing"), param(BY_NAME["llava"], "packing"),
-                                            param(BY_NAME["idefics3"], "padding_free")])
+                                            param(BY_NAME["idefics3"], "padding_free"),
+                                            param(BY_NAME["qwen3_5_think"], "packing"),
+                                            param(BY_NAME["paligemma"], "packing")])
 def test_packed_training_names_every_image_as_the_unpacked_run_does(family_models, tmp_path, case, mode):
     metrics = train_elements(case, family_models.folder(case), tmp_path, **PACKED_RUNS[mode])
     assert_learns(f"{case.name} {mode}", metrics)

@@ -50,6 +50,9 @@ class Family:
     packing_refusal: str = ""
     packing_max_tokens: int | None = None  # exact only up to this many tokens in one packed sequence
     packing_images: bool = True  # False: only text rows pack exactly (image rows refused for `packing_refusal`)
+    # Layers that carry a state along the sequence (linear attention), by class name: packed, each runs once per
+    # example (sft/model/linear_attention.py).
+    linear_attention: tuple[str, ...] = ()
     # The processor setting a recipe's image_max_pixels / image_min_pixels go to
     # (sft/family/image_budget.py IMAGE_BUDGETS):
     # "pixels" (Qwen's min/max pixel counts), "longest_edge", "tiled_longest_edge", "pinpoints", "max_patches",
@@ -116,9 +119,7 @@ FAMILIES = (
     Family("qwen3_5", ("qwen3_5",), "Qwen/Qwen3.5-2B", "<|im_end|>",
            vision_tower=("visual",), projector=("merger",), extra_inputs=("image_grid_thw", "mm_token_type_ids"),
            reasoning_start="<think>", reasoning_end="</think>", image_budget="pixels", video_inputs=QWEN_VIDEO,
-           video_budget="pixels", boxes="qwen3_vl", packing=None,
-           packing_refusal="its linear-attention (Gated DeltaNet) layers carry their state from one example into the "
-                           "next"),
+           video_budget="pixels", boxes="qwen3_vl", packing="mrope", linear_attention=("Qwen3_5GatedDeltaNet",)),
     # The template writes <IMG_CONTEXT> per image (processor.image_token), expanded to <img> + tiles + </img>.
     Family("internvl3", ("internvl",), "OpenGVLab/InternVL3-1B-hf", "<|im_end|>",
            vision_tower=("vision_tower",), projector=("multi_modal_projector",), image_budget="max_patches",

@@ -14,6 +14,7 @@ from transformers import EarlyStoppingCallback
 from sft.family.image_budget import match_model_to_processor
 from sft.family.parts import PARTS, parameter_counts, set_trainable
 from sft.labels.packing import PackedBatches
+from sft.model.linear_attention import run_per_example
 from sft.model.loading import load_model
 from sft.model.targets import describe_targets, not_quantized
 from sft.run.decide import RunSetup
@@ -77,8 +78,12 @@ def build(setup: RunSetup, data: RunData, extra_callbacks: list | None = None) -
     log(f"trains: {recipe.parts.describe()}"
         + (f"; LoRA on {describe_targets(model_setup['lora_modules'])}" if model_setup["lora_modules"] else "")
         + (f"; saved whole: {', '.join(saved)}" if saved else ""))
-    if family.packing == "mrope" and isinstance(data.batches, PackedBatches):
-        data.batches.rope_index = model.model.get_rope_index  # Qwen's M-RoPE positions of each packed example
+    if isinstance(data.batches, PackedBatches):
+        if family.packing == "mrope":
+            data.batches.rope_index = model.model.get_rope_index  # Qwen's M-RoPE positions of each packed example
+        if family.linear_attention:  # Qwen3.5's Gated DeltaNet: each packed example through it alone
+            log(f"packed examples run one at a time through {run_per_example(model, family.linear_attention)} "
+                "linear-attention layers")
     args.dataset_kwargs = {"skip_prepare_dataset": True}  # the collator builds ids and labels: TRL must not tokenize
     interrupt, divergence = SaveOnInterrupt(), DivergenceGuard()
     callbacks = [interrupt, divergence, *(extra_callbacks or [])]
