@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,9 +14,11 @@ import torch
 from sft.cli import main as sft
 from sft.config.recipe import load_recipe
 from sft.errors import UserError
+from sft.family.families import FAMILIES, find_family
 from sft.labels.labelling import make_collator
 from sft.labels.packing import EpochPacks, EpochSampler, PackedBatches, refuse_unpackable
 from sft.model.linear_attention import run_per_example
+from sft.model.packed_masks import build_masks_when_packed
 from sft.plan.estimate import make_plan
 from sft.run.train import main as train
 from tests.conftest import REPO, write_image, write_recipe
@@ -62,7 +65,6 @@ def test_the_sampler_asks_for_each_packs_epoch_in_a_seeded_order():
 
 
 PACKED = [case for case in CASES if case.family.packing]
-REFUSED = [case for case in CASES if not case.family.packing]
 TOLERANCE = 1e-5  # fp32 on CPU
 
 
@@ -86,6 +88,9 @@ def packer(case, processor, model) -> PackedBatches:
         batches.rope_index = model.model.get_rope_index
     if case.family.linear_attention:  # as sft/run/build.py does for a packed run
         run_per_example(model, case.family.linear_attention)
+    if case.family.packing_blocks and not getattr(model, "_sft_test_masks", False):
+        build_masks_when_packed(model, case.family)
+        model._sft_test_masks = True  # the session's shared model: one hook
     return batches
 
 
@@ -100,7 +105,13 @@ def loss_and_grads(model, batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, 
 
 @pytest.mark.parametrize("case", cases(PACKED))
 def test_packed_rows_give_the_logits_loss_and_gradients_of_the_same_rows_unpacked(family_models, tmp_path, case):
-    processor, model = family_models.load(case)
+    assert_packs_exactly(case, *family_models.load(case), tmp_path)
+
+
+def assert_packs_exactly(case, processor, model, tmp_path) -> None:
+    """Logits, loss and every gradient of the packed rows equal the padded rows' (fp32). A gradient is compared
+    against its own scale: a parameter whose gradient sums many tokens (the token embeddings) adds them in another
+    order once packed (1.1e-5 on a gradient of 11.5 for Gemma 4, measured)."""
     batches = packer(case, processor, model)
     examples = rows(case, tmp_path)
     padded = batches(examples)  # plain rows: the labeller's padded batch
@@ -112,7 +123,8 @@ def test_packed_rows_give_the_logits_loss_and_gradients_of_the_same_rows_unpacke
     assert (logits[real] - packed_logits[0]).abs().max().item() <= TOLERANCE
     assert abs(loss.item() - packed_loss.item()) <= TOLERANCE
     assert grads.keys() == packed_grads.keys()
-    assert max((grads[n] - packed_grads[n]).abs().max().item() for n in grads) <= TOLERANCE
+    assert max((grads[n] - packed_grads[n]).abs().max().item() / max(1.0, grads[n].abs().max().item())
+               for n in grads) <= TOLERANCE
     # Each example's first token is unsupervised, so no label crosses a boundary (the loss shifts by one).
     starts = torch.cumsum(torch.tensor([0, *real.sum(dim=1).tolist()[:-1]]), 0)
     assert (packed["labels"][0, starts] == -100).all()
@@ -132,13 +144,17 @@ def test_changing_one_examples_image_changes_no_other_examples_logits(family_mod
     assert (a[before:] - b[before:]).abs().max().item() > 1e-3  # the changed image reaches its own example
 
 
-@pytest.mark.parametrize("case", cases(REFUSED))
+def test_every_family_in_the_table_packs():
+    assert [family.name for family in FAMILIES if family.packing is None] == []
+
+
 @pytest.mark.parametrize("key", ["packing", "padding_free"])
-def test_families_that_cannot_pack_exactly_are_refused_in_one_line(tmp_path, case, key):
+def test_a_family_not_in_the_table_is_refused_packing_in_one_line(tmp_path, key):
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", model_name_or_path="m", train_file="t.jsonl",
                                       **{key: True}))
-    with pytest.raises(UserError, match=rf"^{key}: not exact for family {case.family.name}: .+; train without it$"):
-        refuse_unpackable(case.family, recipe.training)
+    with pytest.raises(UserError, match=rf"^{key}: not exact for family mystery: it is not in the family table, so "
+                                        r"packed rows are not known to be exact; train without it$"):
+        refuse_unpackable(find_family("mystery"), recipe.training)
 
 
 @pytest.mark.parametrize("case", cases([case for case in PACKED if not case.family.packing_images]))
@@ -180,7 +196,8 @@ def test_plan_counts_one_packed_sequence_a_micro_batch_and_refuses_a_family_that
 @pytest.mark.parametrize(("case", "mode"), [param(BY_NAME["qwen2_5_vl"], "packing"), param(BY_NAME["llava"], "packing"),
                                             param(BY_NAME["idefics3"], "padding_free"),
                                             param(BY_NAME["qwen3_5_think"], "packing"),
-                                            param(BY_NAME["paligemma"], "packing")])
+                                            param(BY_NAME["paligemma"], "packing"),
+                                            param(BY_NAME["gemma3"], "packing")])
 def test_packed_training_names_every_image_as_the_unpacked_run_does(family_models, tmp_path, case, mode):
     metrics = train_elements(case, family_models.folder(case), tmp_path, **PACKED_RUNS[mode])
     assert_learns(f"{case.name} {mode}", metrics)
@@ -264,3 +281,27 @@ def test_training_gets_each_epochs_own_packs(tiny_models, tmp_path, monkeypatch)
     first, second = seen[:half], seen[half:]
     assert sorted(i for pack in first for i in pack) == list(range(12)) == sorted(i for pack in second for i in pack)
     assert sorted(first) != sorted(second)
+
+
+def test_gemma4_image_blocks_longer_than_its_sliding_window_pack_exactly(tmp_path):
+    """Gemma 4 with `use_bidirectional_attention: vision` (its image tokens attend both ways in sliding-window layers):
+    70 image tokens a row against a 64-token window, three rows packed (well past the window). With transformers'
+    own masks the packed logits were off by 11.1 (measured); with the toolkit's they agree within 1e-5."""
+    from transformers import AutoConfig
+    from trl import ModelConfig
+
+    from sft.model.loading import load_model, load_processor
+    from tests.families import misc
+    from tests.families.registry import build, from_spec
+
+    def config(tok):
+        made = misc.gemma4_config(tok)
+        made.text_config.use_bidirectional_attention = "vision"
+        return made
+
+    case = BY_NAME["gemma4"]
+    folder = str(build(replace(case, build=from_spec(replace(misc.SPECS["gemma4"], config=config))), tmp_path / "m"))
+    processor = load_processor(folder, AutoConfig.from_pretrained(folder), family=case.family)
+    model = load_model(ModelConfig(model_name_or_path=folder), family=case.family).eval()
+    assert model.config.get_text_config().use_bidirectional_attention == "vision"
+    assert_packs_exactly(case, processor, model, tmp_path)

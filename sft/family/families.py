@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from sft.errors import UserError
+from sft.family.packing_blocks import PackingBlocks
 
 LABELLING = ("chat_template", "prefix_suffix")  # how a family's rows are labelled (sft/labels/labelling.py)
 
@@ -50,9 +51,8 @@ class Family:
     packing_refusal: str = ""
     packing_max_tokens: int | None = None  # exact only up to this many tokens in one packed sequence
     packing_images: bool = True  # False: only text rows pack exactly (image rows refused for `packing_refusal`)
-    # Layers that carry a state along the sequence (linear attention), by class name: packed, each runs once per
-    # example (sft/model/linear_attention.py).
-    linear_attention: tuple[str, ...] = ()
+    linear_attention: tuple[str, ...] = ()  # stateful layers, run per packed example: sft/model/linear_attention.py
+    packing_blocks: PackingBlocks | None = None  # image blocks attended both ways: packed masks built by the toolkit
     # The processor setting a recipe's image_max_pixels / image_min_pixels go to
     # (sft/family/image_budget.py IMAGE_BUDGETS):
     # "pixels" (Qwen's min/max pixel counts), "longest_edge", "tiled_longest_edge", "pinpoints", "max_patches",
@@ -79,8 +79,6 @@ class Family:
 
 
 QWEN_VIDEO = ("pixel_values_videos", "video_grid_thw")  # Qwen-VL's video tensors (Qwen2.5-VL adds second_per_grid_ts)
-GEMMA_SLIDING_IMAGES = ("its sliding-window layers look image blocks up at the first example's token indices, so "
-                        "later examples would lose bidirectional image attention")
 
 FAMILIES = (
     Family("llama", ("llama",), "meta-llama/Llama-3.2-1B-Instruct", "<|eot_id|>"),
@@ -140,14 +138,16 @@ FAMILIES = (
     # model's training forward needs them on every row (text-only rows too).
     Family("gemma3", ("gemma3",), "google/gemma-3-4b-it", "<end_of_turn>",
            vision_tower=("vision_tower",), projector=("multi_modal_projector",), extra_inputs=("token_type_ids",),
-           image_budget="fixed_size", packing=None, packing_refusal=GEMMA_SLIDING_IMAGES),
+           image_budget="fixed_size", packing_blocks=PackingBlocks("token_type_ids", (1,), full_layers=True)),
     # Gemma 4: its generation prompt adds an empty thought channel (`<|channel>thought\n<channel|>`) that a turn in
     # the conversation lacks, so the span starts after `<|turn>model\n`; mm_token_type_ids mark the image tokens.
     Family("gemma4", ("gemma4",), "google/gemma-4-E2B-it", "<turn|>",
            vision_tower=("vision_tower",), projector=("embed_vision",), other_towers=("audio_tower", "embed_audio"),
            extra_inputs=("mm_token_type_ids", "image_position_ids"),
            video_inputs=("pixel_values_videos", "video_position_ids", "num_frames_per_video"),
-           video_budget="soft_tokens", image_budget="soft_tokens", packing=None, packing_refusal=GEMMA_SLIDING_IMAGES,
+           video_budget="soft_tokens", image_budget="soft_tokens",
+           packing_blocks=PackingBlocks("mm_token_type_ids", (1, 2), full_layers=False,
+                                        config_key="use_bidirectional_attention", config_value="vision"),
            # It thinks in a thought channel (written only beside tool calls), and writes a call, the tool's response
            # and the answer in one model turn: the call ends with `<|tool_response>`, where generation stops for the
            # tool to answer.

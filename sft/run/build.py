@@ -16,6 +16,7 @@ from sft.family.parts import PARTS, parameter_counts, set_trainable
 from sft.labels.packing import PackedBatches
 from sft.model.linear_attention import run_per_example
 from sft.model.loading import load_model
+from sft.model.packed_masks import build_masks_when_packed
 from sft.model.targets import describe_targets, not_quantized
 from sft.run.decide import RunSetup
 from sft.run.guards import DivergenceGuard, SaveOnInterrupt
@@ -81,6 +82,8 @@ def build(setup: RunSetup, data: RunData, extra_callbacks: list | None = None) -
     if isinstance(data.batches, PackedBatches):
         if family.packing == "mrope":
             data.batches.rope_index = model.model.get_rope_index  # Qwen's M-RoPE positions of each packed example
+        if family.packing_blocks:  # Gemma's image blocks: the packed masks in real token indices
+            build_masks_when_packed(model, family)
         if family.linear_attention:  # Qwen3.5's Gated DeltaNet: each packed example through it alone
             log(f"packed examples run one at a time through {run_per_example(model, family.linear_attention)} "
                 "linear-attention layers")
