@@ -191,10 +191,20 @@ def test_a_full_disk_while_saving_is_one_line_and_the_last_complete_checkpoint_l
 def test_sigkill_during_merge_leaves_no_folder_that_predict_would_load(trained_once, tmp_path):
     run, merged = tmp_path / "run", tmp_path / "merged"
     shutil.copytree(trained_once, run)
-    process = subprocess.Popen([sys.executable, "-m", "sft.cli", "merge", "--run", str(run), "--out", str(merged),
-                                "--dtype", "fp32"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: any(tmp_path.glob(".merged.partial-*/*")), process)  # writing has begun
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # Killed at the worst moment, every file written and the folder not yet renamed into place: the process kills
+    # itself there (polling for the moment from outside raced a tiny model's merge, which can finish between polls).
+    killed_before_rename = (
+        "import os, pathlib, signal, sys\n"
+        "rename = pathlib.Path.rename\n"
+        "def dying(self, target):\n"
+        "    if '.partial-' in self.name:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return rename(self, target)\n"
+        "pathlib.Path.rename = dying\n"
+        "from sft.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    process = subprocess.run([sys.executable, "-c", killed_before_rename, "merge", "--run", str(run), "--out",
+                              str(merged), "--dtype", "fp32"], cwd=REPO, capture_output=True, timeout=300)
     assert process.returncode == -9 and not merged.exists()
+    assert list(tmp_path.glob(".merged.partial-*/*.safetensors"))  # it had written the weights
     assert cli(["predict", str(merged)]) == 2

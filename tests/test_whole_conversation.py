@@ -16,13 +16,12 @@ from sft.data.messages import text_of
 from sft.errors import UserError
 from sft.labels.collator import IGNORE_INDEX
 from sft.labels.labelling import make_collator
-from sft.labels.packing import PackedBatches
 from tests.conftest import write_image, write_jsonl, write_recipe
 from tests.families.checks import assert_tensors_match_input_ids, step_gradients
 from tests.families.registry import BY_NAME, CASES, VISION, Case, cases, param
 from tests.families.report import train_elements
 from tests.families.rows import SHAPES, TWO_IMAGE_TURNS, row, supervised_text
-from tests.test_packing import PACKED, loss_and_grads, rows
+from tests.test_packing import PACKED, loss_and_grads, packer, rows
 
 CHAT = [case for case in CASES if case.family.labels == "chat_template"]
 ROW_KINDS = [param(case, shape, image) for case in CHAT for shape in case.shapes for image in case.images]
@@ -97,18 +96,18 @@ def test_whole_conversation_mixed_batch_learns_no_padding_and_trains_one_step(fa
     assert torch.equal(default(items)["labels"], explicit(items)["labels"])  # true is the default, unset
 
 
-@pytest.mark.parametrize("case", cases(PACKED))
+@pytest.mark.parametrize("case", cases(case for case in PACKED if case.family.labels == "chat_template"))
 def test_whole_conversation_packed_gives_the_loss_and_gradients_of_the_rows_unpacked(family_models, tmp_path, case):
-    """Each row's first token stays unsupervised, so no label is learnt from the row before it in a pack."""
+    """Each row's first token stays unsupervised, so no label is learnt from the row before it in a pack (PaliGemma
+    has no whole-conversation labels: refused below)."""
     processor, model, collator = whole(family_models, case)
-    batches = PackedBatches(collator, None, case.family)
-    if case.family.packing == "mrope":
-        batches.rope_index = model.model.get_rope_index
+    batches = packer(case, processor, model, collator)
     examples = rows(case, tmp_path)
     _, loss, grads = loss_and_grads(model, batches(examples))
     _, packed_loss, packed_grads = loss_and_grads(model, batches.concatenate(batches(examples)))
     assert abs(loss.item() - packed_loss.item()) <= TOLERANCE
-    assert max((grads[n] - packed_grads[n]).abs().max().item() for n in grads) <= TOLERANCE
+    assert max((grads[n] - packed_grads[n]).abs().max().item() / max(1.0, grads[n].abs().max().item())
+               for n in grads) <= TOLERANCE  # against each gradient's scale (tests/test_packing.py says why)
 
 
 def test_paligemma_refuses_whole_conversation_in_one_line(family_models):

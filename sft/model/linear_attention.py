@@ -38,15 +38,17 @@ class Boundaries:
 def run_per_example(model, class_names: tuple[str, ...]) -> int:
     """Make every layer of `model` whose class is named in `class_names` run once per packed example; returns how
     many layers now do (0: none of that class)."""
+    if getattr(model, "_sft_per_example_layers", None) is not None:  # once a model
+        return model._sft_per_example_layers
     boundaries = Boundaries()
     wrapped = 0
     for module in model.modules():
-        if type(module).__name__ in class_names and not hasattr(module, "_sft_per_example"):
+        if type(module).__name__ in class_names:
             module.forward = _per_example(module.forward, boundaries)
-            module._sft_per_example = True
             wrapped += 1
     if wrapped:
         model.register_forward_pre_hook(boundaries.read, with_kwargs=True)
+    model._sft_per_example_layers = wrapped
     return wrapped
 
 

@@ -50,6 +50,8 @@ def packed_masks(positions: torch.Tensor, blocks: torch.Tensor | None, window: i
 def build_masks_when_packed(model, family: Family) -> None:
     """Give `model` the masks above on every packed batch (a forward pre-hook); refused in one line for an attention
     implementation that takes no mask (flash attention drops the image blocks anyway)."""
+    if getattr(model, "_sft_packed_masks", False):  # once a model
+        return
     config = model.config.get_text_config()
     implementation = getattr(model.config, "_attn_implementation", None) or "sdpa"
     if implementation not in ("sdpa", "eager"):
@@ -72,3 +74,4 @@ def build_masks_when_packed(model, family: Family) -> None:
         return args, {**kwargs, "attention_mask": masks}
 
     model.register_forward_pre_hook(hook, with_kwargs=True)
+    model._sft_packed_masks = True
