@@ -304,3 +304,17 @@ def test_gemma4_image_blocks_longer_than_its_sliding_window_pack_exactly(tmp_pat
     model = load_model(ModelConfig(model_name_or_path=folder), family=case.family).eval()
     assert model.config.get_text_config().use_bidirectional_attention == "vision"
     assert_packs_exactly(case, processor, model, tmp_path)
+
+
+def test_gemma3_packs_exactly_with_eager_attention_too(family_models, tmp_path):
+    """The masks go to eager attention as an additive float mask (0 where allowed, the dtype's minimum elsewhere)."""
+    from trl import ModelConfig
+
+    from sft.model.loading import load_model
+
+    case = BY_NAME["gemma3"]
+    processor, _ = family_models.load(case)
+    model = load_model(ModelConfig(model_name_or_path=str(family_models.folder(case)), attn_implementation="eager"),
+                       family=case.family).eval()
+    assert model.config._attn_implementation == "eager"
+    assert_packs_exactly(case, processor, model, tmp_path)

@@ -68,7 +68,7 @@ def build_masks_when_packed(model, family: Family) -> None:
         masks = packed_masks(positions[0], blocks, getattr(config, "sliding_window", None),
                              family.packing_blocks.full_layers)
         if implementation == "eager":  # an additive mask: 0 where allowed, the dtype's minimum elsewhere
-            dtype = next(module.parameters()).dtype
+            dtype = getattr(module, "dtype", torch.float32)  # the first floating parameter's (not an int8 weight)
             masks = {name: torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
                 ~mask, torch.finfo(dtype).min) for name, mask in masks.items()}
         return args, {**kwargs, "attention_mask": masks}
