@@ -152,19 +152,25 @@ def test_sft_check_names_a_bad_grounding_row(family_models, tmp_path, capsys):
     assert f'{train}:2: "objects.image_id[0]" is 2 but the row has 1 image(s)' in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("case, keys", CASES, ids=[f"{case}{'-budget' if keys else ''}" for case, keys in CASES])
-def test_a_written_box_reads_back_in_original_pixels(family_models, tmp_path, case, keys):
-    """What a model that learnt the row would answer (its supervised reply, decoded as generation decodes it) gives
-    the row's own box back in pixels of the original image, within the frame's step, and IoU near 1."""
-    path, train = grounding_setup(family_models, tmp_path, case, [ROW], **keys)
+def read_back(family_models, tmp_path, case: str, row: dict, keys: dict):
+    """(overall, per-row box scores, tolerance) of the row's own supervised reply read back as a generation: decoded
+    as generation decodes it; the tolerance is the frame's step (a processed-pixel frame's, in original pixels)."""
+    path, train = grounding_setup(family_models, tmp_path, case, [row], **keys)
     _, collator = _recipe_and_collator(argparse.Namespace(recipe=str(path)), [])
-    example = {**next(iter_rows(train))}
+    example = next(iter_rows(train))
     encoded = collator.encode(example)
     answer = collator.tokenizer.decode([i for i, label in zip(encoded.input_ids, encoded.labels)
                                         if label != IGNORE_INDEX], skip_special_tokens=True)
     overall, rows = box_scores(collator, [example], [answer])
     _, size = supervised_and_size(collator, example)
-    tolerance = 1 + max(WIDTH / size[0], HEIGHT / size[1]) if collator.family.boxes == "qwen2_5_vl" else 1
+    return overall, rows, 1 + max(WIDTH / size[0], HEIGHT / size[1]) if collator.family.boxes == "qwen2_5_vl" else 1
+
+
+@pytest.mark.parametrize("case, keys", CASES, ids=[f"{case}{'-budget' if keys else ''}" for case, keys in CASES])
+def test_a_written_box_reads_back_in_original_pixels(family_models, tmp_path, case, keys):
+    """What a model that learnt the row would answer (its supervised reply, decoded as generation decodes it) gives
+    the row's own box back in pixels of the original image, within the frame's step, and IoU near 1."""
+    overall, rows, tolerance = read_back(family_models, tmp_path, case, ROW, keys)
     assert rows[0]["reference_boxes"] == [[float(v) for v in BOX]]
     assert len(rows[0]["boxes"]) == 1 and all(abs(a - b) <= tolerance for a, b in zip(rows[0]["boxes"][0], BOX))
     assert overall["box_iou"] > 0.8 and overall["box_acc50"] == 1.0
@@ -175,15 +181,7 @@ def test_a_written_point_reads_back_in_original_pixels(family_models, tmp_path, 
     """A point row's supervised reply, decoded as generation decodes it, gives the point back in original pixels."""
     point = [150, 100]
     row = {**ROW, "objects": {"ref": ["red square"], "bbox": [point]}}
-    path, train = grounding_setup(family_models, tmp_path, case, [row], **keys)
-    _, collator = _recipe_and_collator(argparse.Namespace(recipe=str(path)), [])
-    example = next(iter_rows(train))
-    encoded = collator.encode(example)
-    answer = collator.tokenizer.decode([i for i, label in zip(encoded.input_ids, encoded.labels)
-                                        if label != IGNORE_INDEX], skip_special_tokens=True)
-    overall, rows = box_scores(collator, [example], [answer])
-    _, size = supervised_and_size(collator, example)
-    tolerance = 1 + max(WIDTH / size[0], HEIGHT / size[1]) if collator.family.boxes == "qwen2_5_vl" else 1
+    overall, rows, tolerance = read_back(family_models, tmp_path, case, row, keys)
     assert overall == {} and rows[0]["reference_points"] == [[150.0, 100.0]]
     assert len(rows[0]["points"]) == 1 and all(abs(a - b) <= tolerance for a, b in zip(rows[0]["points"][0], point))
 
