@@ -92,7 +92,8 @@ class EpochPacks:
 
     def __init__(self, lengths: list[int], max_length: int, mode: str, seed: int, epochs: int):
         self.lengths, self.max_length, self.mode, self.seed = list(lengths), max_length, mode, seed
-        made = [self.packed(epoch) for epoch in range(max(1, epochs))]
+        epochs = 1 if mode == "padding_free" else max(1, epochs)  # a row a pack: every epoch's are the same
+        made = [self.packed(epoch) for epoch in range(epochs)]
         self.size = max(len(packs) for packs in made)
         self.by_epoch = [self.evened(packs) for packs in made]
 
@@ -135,7 +136,7 @@ class EpochPacks:
                 f"{rows * per_batch:.1f} rows and {tokens * per_batch:.0f} tokens on average{fill}")
 
 
-def planned_epochs(args, rows: int, packs: int) -> int:
+def planned_epochs(args, packs: int) -> int:
     """The epochs a run goes through: num_train_epochs, or as many as max_steps needs (one more for rounding)."""
     if args.max_steps and args.max_steps > 0:
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)

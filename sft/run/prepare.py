@@ -117,7 +117,7 @@ def prepare_data(setup: RunSetup) -> RunData:
         lengths = train_rows["length"]
         first = EpochPacks(lengths, args.max_length, setup.packing, args.seed, 1)
         packs = EpochPacks(lengths, args.max_length, setup.packing, args.seed,
-                           planned_epochs(args, len(lengths), len(first)))
+                           planned_epochs(args, len(first)))
         train_set, batches = packs.dataset(), PackedBatches(collator, train_rows, family, packs)
         packing = f"{setup.packing}: {packs.summary(args.per_device_train_batch_size)}"
         log(packing)
