@@ -17,8 +17,7 @@ from sft.errors import UserError
 from sft.family.families import FAMILIES, find_family
 from sft.labels.labelling import make_collator
 from sft.labels.packing import EpochPacks, EpochSampler, PackedBatches, refuse_unpackable
-from sft.model.linear_attention import run_per_example
-from sft.model.packed_masks import build_masks_when_packed
+from sft.model.packed_model import ready_for_packing
 from sft.plan.estimate import make_plan
 from sft.run.train import main as train
 from tests.conftest import REPO, write_image, write_recipe
@@ -85,12 +84,7 @@ def rows(case, tmp_path, fire=(230, 60, 30)) -> list[dict]:
 def packer(case, processor, model, collator=None) -> PackedBatches:
     """The family's packed batches, and its model readied for them as sft/run/build.py readies it."""
     batches = PackedBatches(collator or make_collator(processor, case.family), None, case.family)
-    if case.family.packing == "mrope":
-        batches.rope_index = model.model.get_rope_index
-    if case.family.linear_attention:
-        run_per_example(model, case.family.linear_attention)
-    if case.family.packing_blocks:
-        build_masks_when_packed(model, case.family)
+    ready_for_packing(model, batches)
     return batches
 
 

@@ -127,12 +127,10 @@ def _coloured(collator: Labeller, ids: list[int], labels: list[int], kinds: list
     return "".join(pieces)
 
 
-def kinds_of(collator: Labeller, row: dict, messages: list[dict], ids: list[int]) -> list[str | None]:
-    """Each token's kind: reasoning, tool call or tool result (sft/labels/token_labels.py token_kinds)."""
-    if not collator.needs_chat_template:
-        return [None] * len(ids)
-    rendering = collator.replies.rendering(messages, row_context(row))
-    return token_kinds(collator.tokenizer, rendering.full, ids, rendering.segments)
+def kinds_of(collator: Labeller, encoded) -> list[str | None]:
+    """Each token's kind in an encoded row: reasoning, tool call or tool result (sft/labels/token_labels.py
+    token_kinds, from the segments of the rendering the row was encoded from)."""
+    return token_kinds(collator.tokenizer, encoded.text, encoded.input_ids, encoded.segments)
 
 
 def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split: str = "train",
@@ -174,8 +172,7 @@ def preview(recipe: Recipe, collator: Labeller, limit: int, as_json: bool, split
                                                                   f"{fit['image_tokens']} visual tokens"
                                                                   if fit["video_frames"] else ""))
             if colour:
-                print(_coloured(collator, encoded.input_ids, encoded.labels,
-                                kinds_of(collator, row, fit["messages"], encoded.input_ids)))
+                print(_coloured(collator, encoded.input_ids, encoded.labels, kinds_of(collator, encoded)))
             else:
                 print(f"supervised: {record['supervised_text']!r}")
     if packing_mode(recipe.training) and kept:

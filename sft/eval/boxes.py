@@ -32,20 +32,23 @@ def reference_boxes(example: dict, points: bool = False) -> list[tuple[list[floa
             if len(found["bbox"][i]) == (2 if points else 4)] or None
 
 
-def generated_points(collator: Labeller, example: dict, text: str) -> list[list[float]]:
-    """The points of a generated answer in pixels of the image its first reference point is in (not scored)."""
-    references = reference_boxes(example, points=True) or [([], 0, None)]
+def _frame(collator: Labeller, example: dict, references: list) -> tuple:
+    """The convention a generation writes in and the size of the image its first reference lies in."""
     size = image_size(example["stored_images"][references[0][1]])
-    convention = convention_named(collator.family.boxes, collator.family.name)
+    return convention_named(collator.family.boxes, collator.family.name), size
+
+
+def generated_points(collator: Labeller, example: dict, text: str, references: list) -> list[list[float]]:
+    """The points of a generated answer in pixels of the image its first reference point is in (not scored)."""
+    convention, size = _frame(collator, example, references)
     return read_points(convention, text, size, collator.processing_class, collator.replies.toolkit_tokens)
 
 
-def generated_boxes(collator: Labeller, example: dict, text: str) -> list[tuple[list[float], str | None]]:
+def generated_boxes(collator: Labeller, example: dict, text: str,
+                    references: list) -> list[tuple[list[float], str | None]]:
     """The boxes of a generated answer in pixels of the row's image (the one its first reference box is in), each
     with the reference name written next to it (None: none of them)."""
-    references = reference_boxes(example) or [([], 0, None)]
-    size = image_size(example["stored_images"][references[0][1]])
-    convention = convention_named(collator.family.boxes, collator.family.name)
+    convention, size = _frame(collator, example, references)
     placed = read_placed_boxes(convention, text, size, collator.processing_class, collator.replies.toolkit_tokens)
     names = sorted({name for _, _, name in references if name}, key=len, reverse=True)
     labelled = []
@@ -81,10 +84,11 @@ def box_scores(collator: Labeller, examples: list[dict], predictions: list[str])
         references, points = reference_boxes(example), reference_boxes(example, points=True)
         if references is None:
             per_row.append(None if points is None else {
-                "points": [[round(v, 1) for v in point] for point in generated_points(collator, example, text)],
+                "points": [[round(v, 1) for v in point]
+                           for point in generated_points(collator, example, text, points)],
                 "reference_points": [[round(v, 1) for v in point] for point, _, _ in points]})
             continue
-        generated = generated_boxes(collator, example, text)
+        generated = generated_boxes(collator, example, text, references)
         row = [iou(box, match) if match is not None else 0.0
                for (box, _, _), match in zip(references, paired(references, generated))]
         ious += row

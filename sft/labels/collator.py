@@ -14,7 +14,7 @@ builds generation inputs; sft/labels/labelling.py writes down the interface and 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import BatchEncoding
@@ -45,6 +45,8 @@ class Encoded:
     # The processor made nothing but input_ids and attention_mask for this row (a text row of most families), so a
     # batch of such rows can be built from the stored ids and labels alone (`row_ids`, `row_labels`).
     tokens_only: bool = False
+    dropped_reasoning: int = 0  # replies whose reasoning the template did not write (sft/labels/reply_spans.py)
+    segments: list[tuple[int, int, str]] = field(default_factory=list)  # thinking, calls, tool results in `text`
 
     @property
     def prompt_tokens(self) -> int:
@@ -155,12 +157,14 @@ class CompletionOnlyCollator:
         """One row, unpadded and untruncated (for counting, previews and the length check)."""
         images = self.load_images(example) if images is None else images
         with located(example):
-            text, spans = self.supervised_spans(self.messages_of(example, images), row_context(example))
+            rendering = self.replies.rendering(self.messages_of(example, images), row_context(example))
+            text = rendering.full
             processed = self._process([text], [images] if images else None)
             # Without the padding that pad_to_multiple_of adds even to one row (it would shift every tail).
             ids = processed["input_ids"][0][processed["attention_mask"][0].bool()].tolist()
             tokens_only = not images and set(processed) <= {"input_ids", "attention_mask"}
-            return Encoded(ids, self.labels_for(text, spans, ids, images), text, tokens_only)
+            return Encoded(ids, self.labels_for(text, rendering.spans, ids, images), text, tokens_only,
+                           rendering.dropped_reasoning, rendering.segments)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         if all(example.get("row_ids") for example in examples):

@@ -16,7 +16,6 @@ from sft.family.image_budget import dropped_for_images, visual_summary, visual_t
 from sft.labels.cache_key import measured_key
 from sft.labels.collator import located
 from sft.labels.labelling import Labeller
-from sft.labels.template_inputs import has_reasoning, row_context
 from sft.labels.video_batch import split_visuals
 
 
@@ -67,15 +66,8 @@ def measure(example: dict, collator: Labeller, max_length: int | None, mode: str
         "row_ids": encoded.input_ids if encoded.tokens_only else [],
         "row_labels": encoded.labels if encoded.tokens_only else [],
         "prompt_tokens": encoded.prompt_tokens, "supervised_tokens": encoded.supervised_tokens,
-        "dropped_reasoning": dropped_reasoning(collator, example),
+        "dropped_reasoning": encoded.dropped_reasoning,  # replies whose reasoning the template does not write
     }
-
-
-def dropped_reasoning(collator: Labeller, example: dict) -> int:
-    """Replies of the row whose reasoning its template does not write (Qwen3.x: before the last user query)."""
-    if not collator.needs_chat_template or not has_reasoning(collator.replies.prepared(example["messages"])):
-        return 0
-    return collator.replies.rendering(example["messages"], row_context(example)).dropped_reasoning
 
 
 @dataclass

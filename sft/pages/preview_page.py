@@ -76,8 +76,7 @@ def row_view(collator: Labeller, row: dict, fit: dict, encoded, reason: str | No
             "length": len(encoded.input_ids), "prompt_tokens": encoded.prompt_tokens,
             "supervised_tokens": encoded.supervised_tokens, "spans": len(supervised_runs(encoded.labels)),
             "pictures": boxed_thumbnails(collator, row),
-            "runs": token_runs(collator.tokenizer, encoded.input_ids, encoded.labels,
-                               kinds_of(collator, row, fit["messages"], encoded.input_ids))}
+            "runs": token_runs(collator.tokenizer, encoded.input_ids, encoded.labels, kinds_of(collator, encoded))}
 
 
 def preview_page(recipe: Recipe, collator: Labeller, limit: int | None = None, split: str = "train") -> dict:

@@ -14,9 +14,8 @@ from transformers import EarlyStoppingCallback
 from sft.family.image_budget import match_model_to_processor
 from sft.family.parts import PARTS, parameter_counts, set_trainable
 from sft.labels.packing import PackedBatches
-from sft.model.linear_attention import run_per_example
 from sft.model.loading import load_model
-from sft.model.packed_masks import build_masks_when_packed
+from sft.model.packed_model import ready_for_packing
 from sft.model.targets import describe_targets, not_quantized
 from sft.run.decide import RunSetup
 from sft.run.guards import DivergenceGuard, SaveOnInterrupt
@@ -79,14 +78,8 @@ def build(setup: RunSetup, data: RunData, extra_callbacks: list | None = None) -
     log(f"trains: {recipe.parts.describe()}"
         + (f"; LoRA on {describe_targets(model_setup['lora_modules'])}" if model_setup["lora_modules"] else "")
         + (f"; saved whole: {', '.join(saved)}" if saved else ""))
-    if isinstance(data.batches, PackedBatches):
-        if family.packing == "mrope":
-            data.batches.rope_index = model.model.get_rope_index  # Qwen's M-RoPE positions of each packed example
-        if family.packing_blocks:  # Gemma's image blocks: the packed masks in real token indices
-            build_masks_when_packed(model, family)
-        if family.linear_attention:  # Qwen3.5's Gated DeltaNet: each packed example through it alone
-            log(f"packed examples run one at a time through {run_per_example(model, family.linear_attention)} "
-                "linear-attention layers")
+    if isinstance(data.batches, PackedBatches) and (said := ready_for_packing(model, data.batches)):
+        log(said)
     args.dataset_kwargs = {"skip_prepare_dataset": True}  # the collator builds ids and labels: TRL must not tokenize
     interrupt, divergence = SaveOnInterrupt(), DivergenceGuard()
     callbacks = [interrupt, divergence, *(extra_callbacks or [])]
